@@ -1,0 +1,44 @@
+# mv-refresh: `make demo` (the main job) and `make test`. Everything installs itself into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install demo test lint airflow demo-stop clean
+
+help:
+	@echo "make demo      refresh the demo views through the ops_mv_refresh DAG and print their health"
+	@echo "               (embedded PostgreSQL under .demo/, or the database in MV_REFRESH_DSN)"
+	@echo "make test      all tests (TEST_DATABASE_URL names a server; else an embedded PostgreSQL)"
+	@echo "make airflow   airflow standalone on the demo database, for triggering from the UI"
+	@echo "make lint      ruff"
+	@echo "make demo-stop stop the embedded PostgreSQL;  make clean  remove .demo/ and .venv/"
+
+# The venv is rebuilt only when a requirements file or pyproject.toml changes.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	@bash scripts/demo.sh
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff check --select AIR3 dags plugins
+
+airflow: install
+	@bash scripts/airflow.sh
+
+demo-stop: install
+	$(BIN)/mv-refresh embedded stop --data-dir .demo/pg
+
+clean: demo-stop
+	rm -rf .demo $(VENV)

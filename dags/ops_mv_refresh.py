@@ -1,0 +1,101 @@
+"""ops_mv_refresh: keep the catalog's materialized views fresh, and fail loudly when they are not.
+
+Parsing this file reads the catalog YAML and nothing else: no database access, no heavy imports.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag
+
+from mv_refresh.airflow.operators import MaterializedViewRefreshOperator
+from mv_refresh.airflow.sensors import MaterializedViewHealthSensor
+from mv_refresh.catalog import load_catalog
+
+catalog = load_catalog()
+
+DOC = f"""
+### Materialized view refresh (mv-refresh)
+
+One task per materialized view of the catalog (`{catalog.source}`), wired along the catalog's
+`upstream` dependencies in canonical order. Each task is a *logged* refresh: a `RUNNING` row in
+`ops.mv_refresh_log`, `REFRESH MATERIALIZED VIEW CONCURRENTLY` where PostgreSQL allows it (plain
+otherwise, with the reason logged), the row count, then `OK` or `ERROR`.
+
+* A view whose upstream failed in this run is **not** refreshed (it would read stale input).
+* Lock timeouts, deadlocks and lost connections retry with exponential backoff; a bad name, duplicate
+  rows or a missing privilege fail at once.
+* `health_check` runs last, always: it fails when a critical view is WARN, CRIT or NO_REFRESH, or when
+  a refresh of this run failed, so the run fails and the alert fires.
+
+**Trigger params**: `views` to refresh a subset (others are skipped); `mode` to force `plain` or
+`concurrently` for this run.
+
+Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
+"""
+
+
+@dag(
+    dag_id="ops_mv_refresh",
+    schedule="0 * * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=6),
+    tags=["ops", "materialized-views", "mv-refresh"],
+    doc_md=DOC,
+    render_template_as_native_obj=True,
+    default_args={
+        "owner": "ops",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+    },
+    params={
+        "views": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": [v.display_name for v in catalog.views]},
+            title="Views to refresh",
+            description="Leave empty to refresh every view; pick some to refresh only those (the others skip).",
+        ),
+        "mode": Param(
+            "catalog",
+            type="string",
+            enum=["catalog", "auto", "concurrently", "plain"],
+            title="Refresh mode",
+            description="catalog: each view's own mode; or force one mode for this run.",
+        ),
+    },
+)
+def ops_mv_refresh():
+    tasks = {}
+    for spec in catalog.views:
+        task = MaterializedViewRefreshOperator(
+            task_id=spec.task_id,
+            view=spec.display_name,
+            mode="{{ params.mode }}",
+            only_views="{{ params.views }}",
+            # Skipped upstreams (a subset run) do not block; a failed one does (stale input).
+            trigger_rule="none_failed",
+            execution_timeout=timedelta(seconds=spec.statement_timeout_seconds + spec.lock_timeout_seconds + 300),
+            doc_md=spec.description,
+        )
+        for upstream in spec.upstream:
+            tasks[upstream] >> task
+        tasks[spec.key] = task
+
+    health = MaterializedViewHealthSensor(
+        task_id="health_check",
+        trigger_rule="all_done",
+        poke_interval=15,
+        timeout=60 * 60,
+        retries=0,
+    )
+    list(tasks.values()) >> health
+
+
+ops_mv_refresh()

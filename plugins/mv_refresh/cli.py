@@ -1,0 +1,288 @@
+"""``mv-refresh``: the engine from a shell, for people and scripts without Airflow.
+
+Every command takes ``--dsn`` (else ``MV_REFRESH_DSN``), ``--config`` (else ``MV_REFRESH_CONFIG``, else
+the project's ``include/mv_refresh.yaml``) and ``--json``. Imports are local to each command so that
+``mv-refresh --help`` and a cron'd ``mv-refresh health`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNKNOWN = 3
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
+    out = out or sys.stdout
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line.rstrip(), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S%z")
+    text = str(value)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def _emit_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _say(args: argparse.Namespace):
+    # Progress goes to stderr under --json so stdout stays one parseable document.
+    stream = sys.stderr if args.json else sys.stdout
+    return lambda line: print(line, file=stream, flush=True)
+
+
+def _load(args: argparse.Namespace):
+    from .catalog import load_catalog
+    from .db import resolve_dsn
+
+    return resolve_dsn(args.dsn), load_catalog(args.config)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    from .migrations import init_db
+
+    dsn, catalog = _load(args)
+    applied = init_db(dsn, catalog, progress=None if args.json else _say(args))
+    if args.json:
+        _emit_json({"applied": [m.label for m in applied], "catalog_views": len(catalog.views)})
+    else:
+        print(f"ops schema up to date ({len(applied)} migration(s) applied now)")
+    return EXIT_OK
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from .engine import RefreshFailed, RunContext, refresh_view
+
+    dsn, catalog = _load(args)
+    if args.all == bool(args.views):
+        print("mv-refresh refresh: name one or more views, or pass --all (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    views = list(catalog.views) if args.all else catalog.select(args.views)
+    say = _say(args)
+    results: list[dict[str, Any]] = []
+    blocked: set[tuple[str, str]] = set()
+    failed = False
+    for spec in views:
+        if spec.key in blocked:
+            say(f"{spec.display_name}: not refreshed (an upstream view failed in this run)")
+            results.append({"view": spec.display_name, "status": "NOT_RUN", "reason": "upstream failed"})
+            continue
+        say(f"{spec.display_name}: refreshing ...")
+        try:
+            result = refresh_view(dsn, catalog, spec, context=RunContext(run_by="cli"), mode=args.mode,
+                                  lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
+                                  progress=say)
+        except RefreshFailed as exc:
+            failed = True
+            result = exc.result
+            blocked.update(v.key for v in catalog.downstream_of(spec))
+        say(f"  {result.summary()}" + (f"  [{result.method_reason}]" if result.method_reason else ""))
+        results.append({"view": spec.display_name, **result.as_dict()})
+    if args.json:
+        _emit_json(results)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from .db import connect
+    from .health import read_health, worst_exit_code
+
+    dsn, catalog = _load(args)
+    views = catalog.select(args.views) if args.views else None
+    try:
+        with connect(dsn, purpose="health") as conn:
+            rows = read_health(conn, catalog, views)
+    except Exception as exc:  # noqa: BLE001 - any failure to read health is UNKNOWN, never OK
+        print(f"UNKNOWN: cannot read health: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if args.json:
+        _emit_json([r.as_json() for r in rows])
+    else:
+        _print_table(
+            ["view", "bucket", "hours_since_ok", "last_ok_refresh", "last_status", "rows", "last_error"],
+            [(r.display_name + (" *" if r.is_critical else ""), r.status_bucket,
+              None if r.hours_since_ok_refresh is None else f"{r.hours_since_ok_refresh:.2f}",
+              r.last_ok_refresh_finished_at, r.last_status, r.rows_after_refresh, r.last_error)
+             for r in rows],
+        )
+        if not rows:
+            print("no health rows: run `mv-refresh init-db` so the database knows the catalog")
+    return worst_exit_code(rows)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .catalog import load_catalog
+
+    catalog = load_catalog(args.config)
+    if args.json:
+        _emit_json([
+            {"position": v.position, "view": v.display_name, "task_id": v.task_id, "critical": v.critical,
+             "mode": v.mode, "grain": list(v.grain), "upstream": [catalog.get(u).display_name for u in v.upstream]}
+            for v in catalog.views
+        ])
+    else:
+        print(f"catalog: {catalog.source}")
+        _print_table(
+            ["#", "view", "mode", "critical", "upstream"],
+            [(v.position + 1, v.display_name, v.mode, "yes" if v.critical else "",
+              ", ".join(catalog.get(u).display_name for u in v.upstream)) for v in catalog.views],
+        )
+    return EXIT_OK
+
+
+def cmd_demo_load(args: argparse.Namespace) -> int:
+    from .db import resolve_dsn
+    from .demo import load_demo
+
+    dsn = resolve_dsn(args.dsn)
+    if args.if_needed and _demo_loaded_drivers(dsn) == args.drivers:
+        _say(args)(f"demo warehouse already loaded with {args.drivers:,} drivers; keeping it")
+        return EXIT_OK
+    counts = load_demo(dsn, drivers=args.drivers, progress=_say(args))
+    if args.json:
+        _emit_json(counts)
+    return EXIT_OK
+
+
+def _demo_loaded_drivers(dsn: str) -> int | None:
+    from .db import connect
+
+    with connect(dsn, purpose="demo") as conn:
+        if conn.execute("SELECT to_regclass('yango.drivers') IS NULL").fetchone()[0]:
+            return None
+        views = conn.execute(
+            "SELECT count(*) FROM pg_matviews WHERE schemaname = 'ops' AND matviewname = ANY(%s)",
+            (list(_DEMO_VIEWS),),
+        ).fetchone()[0]
+        if views != len(_DEMO_VIEWS):
+            return None
+        return conn.execute("SELECT count(*) FROM yango.drivers").fetchone()[0]
+
+
+_DEMO_VIEWS = (
+    "mv_yango_payments_raw_current", "mv_yango_payments_ledger_latest", "mv_yango_payments_ledger_latest_enriched",
+    "mv_yango_receivable_payable_detail", "mv_claims_payment_status_cabinet", "mv_yango_cabinet_claims_for_collection",
+)
+
+
+def cmd_embedded(args: argparse.Namespace) -> int:
+    from .embedded import start_embedded, stop_embedded
+
+    if args.action == "start":
+        print(start_embedded(args.data_dir))
+    else:
+        stop_embedded(args.data_dir)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", default=argparse.SUPPRESS,
+                        help="PostgreSQL URI or conninfo (default: $MV_REFRESH_DSN)")
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="catalog YAML (default: $MV_REFRESH_CONFIG, else include/mv_refresh.yaml)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output on stdout")
+
+    parser = argparse.ArgumentParser(
+        prog="mv-refresh", parents=[common],
+        description="Logged refreshes of PostgreSQL materialized views (the engine of the ops_mv_refresh DAG).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init-db", parents=[common], help="create or upgrade the ops schema; sync the catalog",
+                       description="Apply the ops schema migrations (idempotent, safe to run concurrently) "
+                                   "and mirror the catalog into ops.mv_catalog.")
+    p.set_defaults(func=cmd_init_db)
+
+    p = sub.add_parser("refresh", parents=[common], help="logged refresh of views, in canonical order",
+                       description="Refresh the named catalog views (or --all) in canonical order, each with "
+                                   "a row in ops.mv_refresh_log. Exit 0 only when every view is OK.")
+    p.add_argument("views", nargs="*", metavar="VIEW", help="schema.view names from the catalog")
+    p.add_argument("--all", action="store_true", help="every view of the catalog")
+    p.add_argument("--mode", choices=["auto", "concurrently", "plain"], help="override the catalog's mode")
+    p.add_argument("--lock-timeout", type=float, metavar="S", help="lock timeout in seconds (overrides catalog)")
+    p.add_argument("--statement-timeout", type=float, metavar="S",
+                   help="statement timeout in seconds (overrides catalog)")
+    p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("health", parents=[common], help="freshness table; exit 0 OK, 1 WARN, 2 CRIT, 3 unknown",
+                       description="Read ops.v_mv_health. Exit codes follow the monitoring-plugin convention: "
+                                   "0 OK, 1 WARN, 2 CRIT or NO_REFRESH, 3 unknown.")
+    p.add_argument("views", nargs="*", metavar="VIEW", help="limit to these views (default: all)")
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("plan", parents=[common], help="the canonical order and dependency graph of the catalog")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("demo-load", parents=[common], help="create and fill the demo warehouse",
+                       description="Create the demo Yango warehouse (source tables in schema yango, the six "
+                                   "views in ops) and fill it deterministically at the given scale.")
+    p.add_argument("--drivers", type=int, default=None, help="scale: number of drivers")
+    p.add_argument("--if-needed", action="store_true",
+                   help="do nothing when the warehouse is already loaded at this scale")
+    p.set_defaults(func=cmd_demo_load)
+
+    p = sub.add_parser("embedded", help="start or stop the embedded PostgreSQL used by the demo",
+                       description="Start (or reuse) / stop an embedded PostgreSQL in DATA_DIR; start prints its URI.")
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("--data-dir", required=True)
+    p.set_defaults(func=cmd_embedded)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, default in (("dsn", None), ("config", None), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if getattr(args, "drivers", 0) is None:
+        from .demo import DEFAULT_DEMO_DRIVERS
+
+        args.drivers = DEFAULT_DEMO_DRIVERS
+
+    import psycopg
+
+    from .catalog import CatalogError
+    from .db import ConfigurationError
+    from .migrations import MigrationError
+
+    try:
+        return args.func(args)
+    except (CatalogError, ConfigurationError, ValueError) as exc:
+        print(f"mv-refresh: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN if args.command == "health" else EXIT_USAGE
+    except (psycopg.Error, MigrationError) as exc:  # one clear line, no traceback
+        print(f"mv-refresh: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN if args.command == "health" else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

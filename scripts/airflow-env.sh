@@ -1,0 +1,13 @@
+# Sourced by scripts/demo.sh and scripts/airflow.sh: a self-contained Airflow home under .demo/airflow
+# (SQLite metadata) that sees this project's dags/ and plugins/, and the postgres_default connection
+# pointing at MV_REFRESH_DSN.
+export AIRFLOW_HOME="$ROOT/.demo/airflow"
+mkdir -p "$AIRFLOW_HOME"
+export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
+AIRFLOW_CONN_POSTGRES_DEFAULT=$("$BIN/python" -c 'import os; from mv_refresh.db import airflow_connection_json as j; print(j(os.environ["MV_REFRESH_DSN"]))')
+export AIRFLOW_CONN_POSTGRES_DEFAULT
