@@ -34,7 +34,7 @@ otherwise, with the reason logged), the row count, then `OK` or `ERROR`.
 `concurrently` for this run.
 
 Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
-"""
+"""  # noqa: S608 - Markdown for the UI, not a query
 
 
 @dag(

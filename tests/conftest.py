@@ -185,3 +185,30 @@ def airflow_conn(monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", airflow_connection_json(dsn))
 
     return point_at
+
+
+@pytest.fixture(scope="session")
+def lab_template(pg_server: PgServer) -> str:
+    from lab import LAB_SQL
+
+    from mv_refresh.migrations import apply_migrations
+
+    def build(dsn: str) -> None:
+        apply_migrations(dsn)
+        with connect(dsn) as c:
+            c.execute(LAB_SQL)
+
+    return _template(pg_server, "tpl_lab", build)
+
+
+@pytest.fixture
+def lab_dsn(pg_server: PgServer, lab_template: str) -> Iterator[str]:
+    """A database with the ops schema and the lab views of tests/lab.py."""
+    yield from _clone(pg_server, lab_template)
+
+
+@pytest.fixture
+def lab():
+    from lab import lab_catalog
+
+    return lab_catalog()

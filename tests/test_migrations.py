@@ -7,13 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from runbook import runbook_sql_blocks
 
 from mv_refresh.catalog import parse_catalog
 from mv_refresh.db import connect
 from mv_refresh.migrations import (
     MigrationError,
-    apply_migrations,
     applied_versions,
+    apply_migrations,
     discover_migrations,
     init_db,
 )
@@ -119,36 +120,18 @@ def test_init_db_mirrors_the_catalog(empty_dsn):
         assert conn.execute("SELECT mv_name, position FROM ops.mv_catalog").fetchall() == [("b_view", 0)]
 
 
+def _runbook_query(marker: str) -> str:
+    """The runbook's SQL block that contains ``marker``, verbatim (tests/runbook.py reads the runbook)."""
+    matches = [q for q in runbook_sql_blocks() if marker in q]
+    assert matches, f"the runbook has no SQL block with {marker!r}"
+    return matches[0]
+
+
 RUNBOOK_QUERIES = {
-    "health": "SELECT * FROM ops.v_yango_cabinet_claims_mv_health;",
-    "last_error": """
-   SELECT error_message, refresh_started_at 
-   FROM ops.mv_refresh_log 
-   WHERE schema_name = 'ops' 
-     AND mv_name = 'mv_yango_cabinet_claims_for_collection'
-   ORDER BY refresh_started_at DESC 
-   LIMIT 1;
-""",
-    "dependencies": """
-   -- Verificar que las MVs dependientes estén actualizadas
-   SELECT schema_name, mv_name, MAX(refreshed_at) as last_refresh
-   FROM ops.mv_refresh_log
-   WHERE mv_name IN (
-     'mv_yango_payments_raw_current',
-     'mv_yango_payments_ledger_latest',
-     'mv_yango_payments_ledger_latest_enriched',
-     'mv_yango_receivable_payable_detail',
-     'mv_claims_payment_status_cabinet'
-   )
-   GROUP BY schema_name, mv_name;
-""",
-    "running": """
-   SELECT * FROM ops.mv_refresh_log 
-   WHERE schema_name = 'ops' 
-     AND mv_name = 'mv_yango_cabinet_claims_for_collection'
-     AND status = 'RUNNING'
-   ORDER BY refresh_started_at DESC;
-""",
+    "health": _runbook_query("SELECT * FROM ops.v_yango_cabinet_claims_mv_health;"),
+    "last_error": _runbook_query("SELECT error_message, refresh_started_at"),
+    "dependencies": _runbook_query("MAX(refreshed_at) as last_refresh"),
+    "running": _runbook_query("AND status = 'RUNNING'"),
 }
 
 

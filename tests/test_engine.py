@@ -1,0 +1,280 @@
+"""The logged refresh of one view, against a real PostgreSQL: every path DESIGN.md §7 names."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from mv_refresh.catalog import CatalogError
+from mv_refresh.db import connect
+from mv_refresh.engine import RefreshFailed, RefreshRefused, RunContext, is_retryable, refresh_view
+
+
+def _log(dsn: str, mv: str | None = None) -> list[dict]:
+    with connect(dsn) as conn:
+        cur = conn.execute(
+            "SELECT * FROM ops.mv_refresh_log WHERE %(mv)s::text IS NULL OR mv_name = %(mv)s ORDER BY id",
+            {"mv": mv})
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+def _scalar(dsn: str, query: str, params=None):
+    with connect(dsn, autocommit=True) as conn:
+        return conn.execute(query, params).fetchone()[0]
+
+
+def _set_sleep(dsn: str, seconds: float) -> None:
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE lab.sleep_seconds SET s = %s", (seconds,))
+
+
+def test_concurrent_path_logs_ok_with_rows_and_backend(lab_dsn, lab):
+    result = refresh_view(lab_dsn, lab, "lab.mv_conc", context=RunContext(run_by="cli"))
+    assert (result.status, result.method, result.method_reason) == ("OK", "CONCURRENTLY", None)
+    assert result.rows_after_refresh == 1000
+    [row] = _log(lab_dsn)
+    assert row["status"] == "OK" and row["method"] == "CONCURRENTLY"
+    assert row["rows_after_refresh"] == 1000 and row["duration_ms"] >= 0
+    assert row["refresh_started_at"] <= row["refreshed_at"] <= row["refresh_finished_at"]
+    assert row["backend_pid"] > 0 and row["backend_start"] is not None
+    assert row["run_by"] == "cli" and row["client_hostname"]
+    assert row["id"] == result.log_id
+
+
+@pytest.mark.parametrize(
+    ("view", "reason"),
+    [
+        ("lab.mv_noidx", "no valid unique index"),
+        ("lab.mv_partial", "no valid unique index"),
+        ("lab.mv_unpop", "not populated"),
+    ],
+)
+def test_plain_when_postgresql_cannot_go_concurrently(lab_dsn, lab, view, reason):
+    result = refresh_view(lab_dsn, lab, view)
+    assert result.status == "OK" and result.method == "PLAIN"
+    assert reason in result.method_reason
+    [row] = _log(lab_dsn)
+    assert row["method"] == "PLAIN" and reason in row["method_reason"]
+
+
+def test_unpopulated_view_goes_concurrently_once_populated(lab_dsn, lab):
+    assert refresh_view(lab_dsn, lab, "lab.mv_unpop").method == "PLAIN"
+    assert refresh_view(lab_dsn, lab, "lab.mv_unpop").method == "CONCURRENTLY"
+
+
+def test_mode_plain_never_tries_concurrently(lab_dsn, lab):
+    result = refresh_view(lab_dsn, lab, "lab.mv_conc", mode="plain")
+    assert result.method == "PLAIN" and result.method_reason == "mode plain requested"
+
+
+def test_mode_concurrently_fails_instead_of_falling_back(lab_dsn, lab):
+    with pytest.raises(RefreshFailed) as info:
+        refresh_view(lab_dsn, lab, "lab.mv_unpop", mode="concurrently")
+    assert not info.value.retryable
+    assert "prepare-concurrently" in str(info.value)
+    [row] = _log(lab_dsn)
+    assert row["status"] == "ERROR" and row["error_sqlstate"] == "55000" and row["method"] is None
+    assert _scalar(lab_dsn, "SELECT relispopulated FROM pg_class WHERE oid = 'lab.mv_unpop'::regclass") is False
+
+
+def test_identical_duplicate_rows_fail_21000_without_fallback_and_keep_old_data(lab_dsn, lab):
+    with connect(lab_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO lab.keyed VALUES (7, 'v7')")  # an exact copy of row 7
+    with pytest.raises(RefreshFailed) as info:
+        refresh_view(lab_dsn, lab, "lab.mv_keyed")
+    assert not info.value.retryable
+    [row] = _log(lab_dsn)
+    assert (row["status"], row["method"], row["error_sqlstate"]) == ("ERROR", "CONCURRENTLY", "21000")
+    # The DETAIL names the duplicate row's data: it must not reach the log.
+    assert "v7" not in row["error_message"] and "(7," not in row["error_message"]
+    assert _scalar(lab_dsn, "SELECT count(*) FROM lab.mv_keyed") == 100
+
+
+def test_duplicate_keys_fail_23505_without_fallback_and_keep_old_data(lab_dsn, lab):
+    with connect(lab_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO lab.keyed VALUES (7, 'another v for key 7')")
+    with pytest.raises(RefreshFailed) as info:
+        refresh_view(lab_dsn, lab, "lab.mv_keyed")
+    assert not info.value.retryable
+    rows = _log(lab_dsn)
+    assert len(rows) == 1, "no second (PLAIN) attempt"
+    assert (rows[0]["status"], rows[0]["method"], rows[0]["error_sqlstate"]) == ("ERROR", "CONCURRENTLY", "23505")
+    assert "another v" not in rows[0]["error_message"]
+    assert _scalar(lab_dsn, "SELECT count(*) FROM lab.mv_keyed") == 100
+
+
+def test_statement_timeout_is_a_retryable_error(lab_dsn, lab):
+    _set_sleep(lab_dsn, 3)
+    with pytest.raises(RefreshFailed) as info:
+        refresh_view(lab_dsn, lab, "lab.mv_slow", statement_timeout=0.3, mode="plain")
+    assert info.value.retryable
+    [row] = _log(lab_dsn)
+    assert row["status"] == "ERROR" and row["error_sqlstate"] == "57014"
+    assert "statement timeout" in row["error_message"]
+
+
+def test_lock_timeout_names_the_blocking_session(lab_dsn, lab):
+    with connect(lab_dsn) as holder:
+        # A long report: its open transaction holds ACCESS SHARE, which a PLAIN refresh must wait for.
+        holder.execute("SELECT count(*) FROM lab.mv_conc /* monthly report */")
+        holder_pid = holder.info.backend_pid
+        with pytest.raises(RefreshFailed) as info:
+            refresh_view(lab_dsn, lab, "lab.mv_conc", lock_timeout=0.3, mode="plain")
+        holder.rollback()
+    assert info.value.retryable
+    [row] = _log(lab_dsn)
+    assert row["status"] == "ERROR" and row["error_sqlstate"] == "55P03"
+    assert f"pid {holder_pid}" in row["error_message"]
+    assert "monthly report" in row["error_message"]
+
+
+def _refresh_in_thread(dsn, catalog, view, **kwargs):
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = refresh_view(dsn, catalog, view, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_terminated_backend_still_gets_an_error_row(lab_dsn, lab):
+    _set_sleep(lab_dsn, 5)
+    thread, outcome = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow", mode="plain")
+    pid = _wait_for(lambda: _scalar(lab_dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
+    _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
+                              (pid,)))
+    assert _scalar(lab_dsn, "SELECT pg_terminate_backend(%s)", (pid,))
+    thread.join(30)
+    error = outcome.get("error")
+    assert isinstance(error, RefreshFailed) and error.retryable
+    [row] = _log(lab_dsn)
+    assert row["status"] == "ERROR"
+    assert row["error_sqlstate"] in ("57P01", None)  # None: the connection dropped before the notice
+    assert row["refresh_finished_at"] is not None
+
+
+def test_overlapping_refreshes_run_one_after_the_other(lab_dsn, lab):
+    _set_sleep(lab_dsn, 1.5)
+    first, first_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
+    _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
+    second, second_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
+    first.join(30)
+    second.join(30)
+    assert first_out["result"].status == "OK" and second_out["result"].status == "OK"
+    rows = _log(lab_dsn)
+    assert [r["status"] for r in rows] == ["OK", "OK"]
+    # The second one waited for the first (advisory lock) instead of running beside it.
+    assert rows[1]["refresh_started_at"] >= rows[0]["refresh_finished_at"]
+
+
+def test_a_refresh_that_waits_too_long_is_skipped_naming_the_holder(lab_dsn, lab):
+    _set_sleep(lab_dsn, 3)
+    first, first_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
+    holder = _wait_for(lambda: _scalar(
+        lab_dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
+    with pytest.raises(RefreshFailed) as info:
+        refresh_view(lab_dsn, lab, "lab.mv_slow", lock_timeout=0.3)
+    first.join(30)
+    assert info.value.retryable
+    assert info.value.result.status == "SKIPPED"
+    assert f"pid {holder}" in info.value.result.error_message
+    statuses = sorted(r["status"] for r in _log(lab_dsn))
+    assert statuses == ["OK", "SKIPPED"]
+    assert first_out["result"].status == "OK"
+
+
+def test_abandoned_running_rows_are_reaped_by_backend_not_by_age(lab_dsn, lab):
+    with connect(lab_dsn, autocommit=True) as alive:
+        alive_pid = alive.info.backend_pid
+        alive.execute(
+            "INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, backend_pid, backend_start,"
+            " refresh_started_at) VALUES "
+            # A backend that is gone (a pid no server has), started an hour ago.
+            "('lab', 'mv_conc', 'RUNNING', 2147483000, now() - interval '1 hour', now() - interval '1 hour'),"
+            # A backend that is alive, started long ago: old, but not dead.
+            "('lab', 'mv_conc', 'RUNNING', %s, (SELECT backend_start FROM pg_stat_activity WHERE pid = %s),"
+            " now() - interval '3 days')",
+            (alive_pid, alive_pid))
+        refresh_view(lab_dsn, lab, "lab.mv_conc")
+        rows = _log(lab_dsn)
+    assert [(r["backend_pid"] == alive_pid, r["status"]) for r in rows] == [
+        (False, "ABANDONED"), (True, "RUNNING"), (False, "OK")]
+    assert "is gone" in rows[0]["error_message"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lab.mv_conc; DROP TABLE lab.src",
+        "lab.mv_conc --",
+        'lab."mv_conc"; select 1',
+        "lab.not_in_catalog",
+        "mv_conc",
+        "",
+    ],
+)
+def test_bad_or_unknown_names_are_refused_before_any_sql(lab_dsn, lab, name):
+    with pytest.raises(CatalogError):
+        refresh_view(lab_dsn, lab, name)
+    assert _log(lab_dsn) == []
+    assert _scalar(lab_dsn, "SELECT count(*) FROM lab.src") == 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("lab.a_table", "is a table, not a materialized view"),
+     ("lab.a_view", "is a view, not a materialized view"),
+     ("lab.mv_missing", "does not exist")],
+)
+def test_catalog_entries_that_are_not_materialized_views_are_refused(lab_dsn, lab, name, message):
+    with pytest.raises(RefreshRefused, match=message):
+        refresh_view(lab_dsn, lab, name)
+    assert _log(lab_dsn) == []
+
+
+def test_a_quoted_name_works(lab_dsn, lab):
+    result = refresh_view(lab_dsn, lab, 'lab."Weird MV"')
+    assert result.status == "OK" and result.method == "CONCURRENTLY" and result.rows_after_refresh == 10
+    assert [r["mv_name"] for r in _log(lab_dsn)] == ["Weird MV"]
+
+
+def test_bad_timeouts_are_refused_before_any_sql(lab_dsn, lab):
+    with pytest.raises(RefreshRefused, match="lock timeout must be a positive"):
+        refresh_view(lab_dsn, lab, "lab.mv_conc", lock_timeout=0)
+    assert _log(lab_dsn) == []
+
+
+def test_retry_classification_of_real_errors(lab_dsn):
+    with connect(lab_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as deadlock_like:
+            conn.execute("SET statement_timeout = '50ms'; SELECT pg_sleep(1)")
+        assert deadlock_like.value.sqlstate == "57014" and is_retryable(deadlock_like.value)
+        conn.execute("RESET statement_timeout")
+        with pytest.raises(psycopg.Error) as missing:
+            conn.execute("SELECT * FROM lab.nope")
+        assert missing.value.sqlstate == "42P01" and not is_retryable(missing.value)
+        with pytest.raises(psycopg.Error) as cardinality:
+            conn.execute("SELECT (SELECT id FROM lab.src)")
+        assert cardinality.value.sqlstate == "21000" and not is_retryable(cardinality.value)
+    with pytest.raises(psycopg.OperationalError) as unreachable:
+        psycopg.connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+    assert is_retryable(unreachable.value)
