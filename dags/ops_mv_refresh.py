@@ -10,6 +10,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag
 
+from mv_refresh.airflow.alerts import failure_notifier_from_env
 from mv_refresh.airflow.operators import MaterializedViewRefreshOperator
 from mv_refresh.airflow.sensors import MaterializedViewHealthSensor
 from mv_refresh.catalog import load_catalog
@@ -53,6 +54,8 @@ Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
+        # MV_REFRESH_ALERT: log (default), smtp or slack - see mv_refresh/airflow/alerts.py.
+        "on_failure_callback": [failure_notifier_from_env()],
     },
     params={
         "views": Param(

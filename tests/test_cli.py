@@ -1,0 +1,111 @@
+"""mv-refresh, the CLI: same engine, exit codes scripts and monitoring can rely on, JSON for machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mv_refresh.cli import main
+from mv_refresh.db import connect
+
+
+@pytest.fixture
+def lab_cli(lab_dsn, monkeypatch, tmp_path):
+    from lab import LAB_CATALOG
+
+    from mv_refresh.catalog import load_catalog
+    from mv_refresh.migrations import init_db
+
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB_CATALOG)
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
+    monkeypatch.setenv("MV_REFRESH_DSN", lab_dsn)
+    init_db(lab_dsn, load_catalog())
+    return lab_dsn
+
+
+def test_refresh_prints_each_view_and_exits_0(lab_cli, capsys):
+    assert main(["refresh", "lab.mv_noidx", "lab.mv_conc"]) == 0
+    out = capsys.readouterr().out
+    # Canonical order (mv_conc is listed first in the catalog), with mode, rows and duration.
+    assert out.index("lab.mv_conc: refreshing") < out.index("lab.mv_noidx: refreshing")
+    assert "lab.mv_conc: OK (CONCURRENTLY, 1,000 rows" in out
+    assert "lab.mv_noidx: OK (PLAIN, 1,000 rows" in out and "no valid unique index" in out
+
+
+def test_refresh_failure_exits_1_and_json_reports_it(lab_cli, capsys):
+    with connect(lab_cli, autocommit=True) as conn:
+        conn.execute("INSERT INTO lab.keyed VALUES (3, 'clash')")
+    assert main(["refresh", "lab.mv_keyed", "lab.mv_conc", "--json"]) == 1
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [(r["view"], r["status"]) for r in results] == [("lab.mv_conc", "OK"), ("lab.mv_keyed", "ERROR")]
+    assert results[1]["error_sqlstate"] == "23505"
+    assert "refreshing" in captured.err  # progress goes to stderr under --json
+
+
+@pytest.mark.parametrize("argv", [["refresh", "lab.unknown"], ["refresh", "lab.x;drop"], ["refresh"],
+                                  ["refresh", "--all", "lab.mv_conc"]])
+def test_refresh_usage_errors_exit_2_without_touching_the_log(lab_cli, capsys, argv):
+    assert main(argv) == 2
+    assert "mv-refresh" in capsys.readouterr().err
+    with connect(lab_cli) as conn:
+        assert conn.execute("SELECT count(*) FROM ops.mv_refresh_log").fetchone()[0] == 0
+
+
+def _ok_rows(dsn: str, hours: float) -> None:
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, refresh_started_at, refresh_finished_at,"
+            " refreshed_at, rows_after_refresh) SELECT schema_name, mv_name, 'OK', t, t, t, 1"
+            " FROM ops.mv_catalog, (SELECT clock_timestamp() - %s * interval '1 hour' AS t) x", (hours,))
+
+
+@pytest.mark.parametrize(("hours", "code", "bucket"), [(None, 2, "NO_REFRESH"), (1, 0, "OK"), (30, 1, "WARN"),
+                                                      (50, 2, "CRIT")])
+def test_health_exit_codes_follow_the_monitoring_convention(lab_cli, capsys, hours, code, bucket):
+    if hours is not None:
+        _ok_rows(lab_cli, hours)
+    assert main(["health", "lab.mv_conc"]) == code
+    assert bucket in capsys.readouterr().out
+    assert main(["health", "lab.mv_conc", "--json"]) == code
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["status_bucket"] == bucket and row["mv_name"] == "mv_conc"
+
+
+def test_health_is_unknown_when_the_database_is_unreachable(lab_cli, capsys):
+    assert main(["health", "--dsn", "postgresql://u:s3cr3t@127.0.0.1:1/warehouse"]) == 3
+    err = capsys.readouterr().err
+    assert "UNKNOWN" in err and "warehouse" in err and "s3cr3t" not in err
+
+
+def test_plan_lists_the_canonical_order(lab_cli, capsys):
+    assert main(["plan", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [p["view"] for p in plan][:2] == ["lab.mv_conc", "lab.mv_noidx"]
+    assert plan[-1]["view"] == 'lab."Weird MV"'
+
+
+def test_init_db_twice_and_json(ops_dsn, capsys, monkeypatch):
+    monkeypatch.setenv("MV_REFRESH_DSN", ops_dsn)
+    assert main(["init-db", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["applied"] == []  # the template already has every migration
+    assert main(["init-db"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_no_dsn_is_a_clear_usage_error(monkeypatch, capsys):
+    monkeypatch.delenv("MV_REFRESH_DSN", raising=False)
+    assert main(["refresh", "--all"]) == 2
+    assert "MV_REFRESH_DSN" in capsys.readouterr().err
+
+
+def test_the_installed_entry_point_runs(lab_cli):
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mv-refresh"), "refresh", "lab.mv_conc"],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "lab.mv_conc: OK (CONCURRENTLY" in proc.stdout
