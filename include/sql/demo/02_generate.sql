@@ -30,7 +30,7 @@
 --   yango.demo_payment_plan(drivers)  one row per payment: amounts, lifecycle and times of its versions
 -- Each plan ends with OFFSET 0, a planner fence: without it the planner pulls the plan up into its
 -- caller and re-evaluates a column's whole expression (hashes included) wherever the column is used;
--- with it every column is computed once per row (the generator runs about 3x faster).
+-- with it every column is computed once per row.
 -- Times are computed as Unix epoch seconds (bigint) and converted with to_timestamp() at the end, so
 -- they do not depend on the session's TimeZone.
 -- =====================================================================================================
@@ -52,7 +52,7 @@ AS $$
 $$;
 
 -- One row per driver: what the other plans need to know about a driver.
---   park_id        1..12 (6 parks in Lima, 3 in Colombia, 3 in Chile: the currency follows the park)
+--   park_id        1..12 (6 parks in Peru, 3 in Colombia, 3 in Chile: the currency follows the park)
 --   hired_epoch    between 2022-01-01 and 2023-12-22
 --   reached_count  how many of the 6 milestones the driver reached (0..6)
 CREATE FUNCTION yango.demo_driver_plan(drivers integer)
