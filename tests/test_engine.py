@@ -184,6 +184,34 @@ def test_overlapping_refreshes_run_one_after_the_other(lab_dsn, lab):
     assert [r["status"] for r in rows] == ["OK", "OK"]
     # The second one waited for the first (advisory lock) instead of running beside it.
     assert rows[1]["refresh_started_at"] >= rows[0]["refresh_finished_at"]
+    assert _scalar(lab_dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'") == 0
+
+
+def _waiting_on_a_lock(dsn: str) -> bool:
+    return bool(_scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                             " AND application_name LIKE 'mv-refresh refresh%%'"))
+
+
+@pytest.mark.parametrize(
+    ("sabotage", "sqlstate"),
+    [("DROP INDEX lab.mv_conc_id", "55000"),                       # the unique index vanished
+     ("REFRESH MATERIALIZED VIEW lab.mv_conc WITH NO DATA", "0A000")],  # the view was emptied
+)
+def test_concurrently_refused_after_the_choice_falls_back_to_plain_once(lab_dsn, lab, sabotage, sqlstate):
+    """The choice is made from the catalogs; if PostgreSQL still refuses CONCURRENTLY (the view changed
+    in between), the engine falls back to PLAIN once and says why."""
+    with connect(lab_dsn) as saboteur:
+        saboteur.execute(sabotage)  # holds ACCESS EXCLUSIVE until commit; not yet visible to others
+        thread, outcome = _refresh_in_thread(lab_dsn, lab, "lab.mv_conc")
+        _wait_for(lambda: _waiting_on_a_lock(lab_dsn))
+        saboteur.commit()
+    thread.join(30)
+    result = outcome["result"]
+    assert result.status == "OK" and result.method == "PLAIN"
+    assert f"CONCURRENTLY refused ({sqlstate}" in result.method_reason and "fell back to PLAIN" in result.method_reason
+    [row] = _log(lab_dsn)
+    assert (row["status"], row["method"]) == ("OK", "PLAIN") and "fell back" in row["method_reason"]
+    assert row["rows_after_refresh"] == 1000
 
 
 def test_a_refresh_that_waits_too_long_is_skipped_naming_the_holder(lab_dsn, lab):

@@ -155,37 +155,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_demo_load(args: argparse.Namespace) -> int:
     from .db import resolve_dsn
-    from .demo import load_demo
+    from .demo import load_demo, loaded_drivers
 
     dsn = resolve_dsn(args.dsn)
-    if args.if_needed and _demo_loaded_drivers(dsn) == args.drivers:
+    if args.if_needed and loaded_drivers(dsn) == args.drivers:
         _say(args)(f"demo warehouse already loaded with {args.drivers:,} drivers; keeping it")
         return EXIT_OK
     counts = load_demo(dsn, drivers=args.drivers, progress=_say(args))
     if args.json:
         _emit_json(counts)
     return EXIT_OK
-
-
-def _demo_loaded_drivers(dsn: str) -> int | None:
-    from .db import connect
-
-    with connect(dsn, purpose="demo") as conn:
-        if conn.execute("SELECT to_regclass('yango.drivers') IS NULL").fetchone()[0]:
-            return None
-        views = conn.execute(
-            "SELECT count(*) FROM pg_matviews WHERE schemaname = 'ops' AND matviewname = ANY(%s)",
-            (list(_DEMO_VIEWS),),
-        ).fetchone()[0]
-        if views != len(_DEMO_VIEWS):
-            return None
-        return conn.execute("SELECT count(*) FROM yango.drivers").fetchone()[0]
-
-
-_DEMO_VIEWS = (
-    "mv_yango_payments_raw_current", "mv_yango_payments_ledger_latest", "mv_yango_payments_ledger_latest_enriched",
-    "mv_yango_receivable_payable_detail", "mv_claims_payment_status_cabinet", "mv_yango_cabinet_claims_for_collection",
-)
 
 
 def cmd_embedded(args: argparse.Namespace) -> int:

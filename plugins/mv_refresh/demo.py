@@ -102,3 +102,17 @@ def _count_rows(conn) -> dict[str, int]:
     )
     row = conn.execute(sql.SQL("SELECT {}").format(counts)).fetchone()
     return dict(zip(SOURCE_TABLES, (int(n) for n in row), strict=True))
+
+
+def loaded_drivers(dsn: str) -> int | None:
+    """The scale the demo warehouse is loaded at, or None when it (or one of its views) is missing."""
+    with connect(dsn, purpose="demo") as conn:
+        if conn.execute("SELECT to_regclass('yango.drivers') IS NULL").fetchone()[0]:
+            return None
+        present = conn.execute(
+            "SELECT count(*) FROM unnest(%s::text[]) AS v(name) WHERE to_regclass(v.name) IS NOT NULL",
+            (list(DEMO_VIEWS),),
+        ).fetchone()[0]
+        if present != len(DEMO_VIEWS):
+            return None
+        return conn.execute("SELECT count(*) FROM yango.drivers").fetchone()[0]
