@@ -153,6 +153,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prepare_concurrently(args: argparse.Namespace) -> int:
+    from .prerequisites import DuplicatesFound, PrerequisiteError, prepare_concurrently
+
+    dsn, catalog = _load(args)
+    say = _say(args)
+    try:
+        result = prepare_concurrently(dsn, catalog, args.view, progress=say)
+    except DuplicatesFound as exc:
+        report = exc.report
+        if args.json:
+            _emit_json({"ok": False, "duplicates": report.as_json()})
+        else:
+            print(f"  {report.duplicate_grains:,} duplicated grain(s); the worst {len(report.top)}:")
+            _print_table([*report.grain, "count_duplicates"],
+                         [[row[c] for c in (*report.grain, "count_duplicates")] for row in report.top])
+        print(f"mv-refresh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PrerequisiteError as exc:
+        if args.json:
+            _emit_json({"ok": False, "error": str(exc)})
+        print(f"mv-refresh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        _emit_json({"ok": True, **result.as_json()})
+    else:
+        print(f"{result.verified.view}: ready for REFRESH MATERIALIZED VIEW CONCURRENTLY "
+              f"({result.index.index_name}: {result.index.action})")
+    return EXIT_OK
+
+
 def cmd_demo_load(args: argparse.Namespace) -> int:
     from .db import resolve_dsn
     from .demo import load_demo, loaded_drivers
@@ -216,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "0 OK, 1 WARN, 2 CRIT or NO_REFRESH, 3 unknown.")
     p.add_argument("views", nargs="*", metavar="VIEW", help="limit to these views (default: all)")
     p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("prepare-concurrently", parents=[common],
+                       help="the runbook's steps 1-3: duplicates, unique index (concurrently), verify",
+                       description="For a catalog view with a grain: (1) find duplicate grains and stop if any "
+                                   "(exit 1, printing the worst 200); (2) CREATE UNIQUE INDEX CONCURRENTLY IF NOT "
+                                   "EXISTS ux_<view>_grain, rebuilding an INVALID leftover; (3) verify it is listed "
+                                   "and valid. Idempotent.")
+    p.add_argument("view", metavar="VIEW", help="schema.view from the catalog (must have a grain)")
+    p.set_defaults(func=cmd_prepare_concurrently)
 
     p = sub.add_parser("plan", parents=[common], help="the canonical order and dependency graph of the catalog")
     p.set_defaults(func=cmd_plan)
