@@ -13,12 +13,16 @@ pytestmark = pytest.mark.airflow
 DAGS_DIR = Path(__file__).resolve().parents[1] / "dags"
 
 
-def _dag():
+def _dag(dag_id: str = "ops_mv_refresh"):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS_DIR))
     assert bag.import_errors == {}
-    return bag.dags["ops_mv_refresh"]
+    return bag.dags[dag_id]
+
+
+def _states(run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in run.get_task_instances()}
 
 
 def test_full_run_refreshes_every_view_in_order_and_passes_health(demo_dsn, airflow_db, airflow_conn):
@@ -78,3 +82,45 @@ def test_a_failed_refresh_fails_the_run_and_spares_downstream(demo_dsn, airflow_
     with connect(demo_dsn) as conn:
         logged = conn.execute("SELECT mv_name, status FROM ops.mv_refresh_log ORDER BY id").fetchall()
     assert logged == [(v.name, "OK") for v in catalog.views[:2]] + [(third.name, "ERROR")]
+
+
+CRITICAL = "ops.mv_yango_cabinet_claims_for_collection"
+CRITICAL_INDEX = "ops.ux_mv_yango_cabinet_claims_for_collection_grain"
+
+
+def test_prerequisites_dag_builds_the_missing_index(demo_dsn, airflow_db, airflow_conn):
+    from mv_refresh.engine import refresh_view
+
+    airflow_conn(demo_dsn)
+    catalog = load_catalog()
+    for spec in catalog.views:
+        refresh_view(demo_dsn, catalog, spec)
+    with connect(demo_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP INDEX {CRITICAL_INDEX}")
+    run = _dag("ops_mv_concurrently_prerequisites").test(run_conf={"view": CRITICAL})
+    assert run.state == "success", _states(run)
+    assert _states(run) == {"check_duplicates": "success", "create_unique_index": "success",
+                            "verify_unique_index": "success"}
+    with connect(demo_dsn) as conn:
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                            (CRITICAL_INDEX,)).fetchone() == (True,)
+    assert refresh_view(demo_dsn, catalog, CRITICAL).method == "CONCURRENTLY"
+
+
+def test_prerequisites_dag_stops_on_duplicates_and_lists_them(lab_dsn, airflow_db, airflow_conn, monkeypatch,
+                                                               tmp_path, capsys):
+    airflow_conn(lab_dsn)
+    path = tmp_path / "catalog.yaml"
+    path.write_text("version: 1\nviews:\n  - name: lab.mv_grain\n    grain: [k]\n")
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
+    with connect(lab_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO lab.keyed VALUES (42, 'again'), (42, 'and again')")
+        conn.execute("CREATE MATERIALIZED VIEW lab.mv_grain AS SELECT k, v FROM lab.keyed")
+    run = _dag("ops_mv_concurrently_prerequisites").test(run_conf={"view": "lab.mv_grain"})
+    assert run.state == "failed"
+    assert _states(run) == {"check_duplicates": "failed", "create_unique_index": "upstream_failed",
+                            "verify_unique_index": "upstream_failed"}
+    captured = capsys.readouterr()
+    assert "k=42: 3 rows" in captured.out + captured.err
+    with connect(lab_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('lab.ux_mv_grain_grain')").fetchone() == (None,)
