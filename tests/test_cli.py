@@ -109,3 +109,23 @@ def test_the_installed_entry_point_runs(lab_cli):
                           capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "lab.mv_conc: OK (CONCURRENTLY" in proc.stdout
+
+
+def test_audit_exit_codes_and_json(demo_dsn, monkeypatch, capsys):
+    from mv_refresh.catalog import load_catalog
+    from mv_refresh.engine import refresh_view
+
+    monkeypatch.setenv("MV_REFRESH_DSN", demo_dsn)
+    monkeypatch.delenv("MV_REFRESH_CONFIG", raising=False)
+    catalog = load_catalog()
+    for spec in catalog.views:
+        refresh_view(demo_dsn, catalog, spec)
+    assert main(["audit"]) == 0
+    assert "0 CRIT, 0 WARN" in capsys.readouterr().out
+    with connect(demo_dsn, autocommit=True) as conn:
+        conn.execute("REFRESH MATERIALIZED VIEW ops.mv_yango_cabinet_claims_for_collection WITH NO DATA")
+    assert main(["audit", "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    crit = [f for f in report["findings"] if f["severity"] == "CRIT"]
+    assert {(f["check"], f["view"]) for f in crit} >= {("populated", "ops.mv_yango_cabinet_claims_for_collection")}
+    assert main(["audit", "--dsn", "postgresql://u@127.0.0.1:1/x"]) == 3

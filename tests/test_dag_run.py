@@ -124,3 +124,20 @@ def test_prerequisites_dag_stops_on_duplicates_and_lists_them(lab_dsn, airflow_d
     assert "k=42: 3 rows" in captured.out + captured.err
     with connect(lab_dsn) as conn:
         assert conn.execute("SELECT to_regclass('lab.ux_mv_grain_grain')").fetchone() == (None,)
+
+
+def test_health_audit_dag_passes_when_healthy_and_fails_naming_a_crit(demo_dsn, airflow_db, airflow_conn):
+    from mv_refresh.engine import refresh_view
+
+    airflow_conn(demo_dsn)
+    catalog = load_catalog()
+    for spec in catalog.views:
+        refresh_view(demo_dsn, catalog, spec)
+    dag = _dag("ops_mv_health_audit")
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    # A CRIT finding: the critical view emptied (WITH NO DATA) behind our back.
+    with connect(demo_dsn, autocommit=True) as conn:
+        conn.execute(f"REFRESH MATERIALIZED VIEW {CRITICAL} WITH NO DATA")
+    run = dag.test()
+    assert run.state == "failed" and _states(run) == {"audit": "failed"}

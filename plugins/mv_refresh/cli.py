@@ -19,9 +19,9 @@ EXIT_USAGE = 2
 EXIT_UNKNOWN = 3
 
 
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None, *, wide: bool = False) -> None:
     out = out or sys.stdout
-    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[_cell(v, limit=400 if wide else 70) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line.rstrip(), file=out)
@@ -30,7 +30,7 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, limit: int = 70) -> str:
     if value is None:
         return "-"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -38,7 +38,7 @@ def _cell(value: Any) -> str:
     if hasattr(value, "strftime"):
         return value.strftime("%Y-%m-%d %H:%M:%S%z")
     text = str(value)
-    return text if len(text) <= 70 else text[:67] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _emit_json(payload: Any) -> None:
@@ -153,6 +153,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import run_audit
+
+    dsn, catalog = _load(args)
+    try:
+        report = run_audit(dsn, catalog)
+    except Exception as exc:  # noqa: BLE001 - an audit that cannot run is UNKNOWN, never clean
+        print(f"UNKNOWN: cannot run the audit: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if args.json:
+        _emit_json(report.as_json())
+    else:
+        _print_table(["severity", "check", "view", "finding", "fix"],
+                     [(f.severity, f.check, f.view, f.message, f.fix) for f in report.findings], wide=True)
+        print(report.summary())
+    return report.exit_code
+
+
 def cmd_prepare_concurrently(args: argparse.Namespace) -> int:
     from .prerequisites import DuplicatesFound, PrerequisiteError, prepare_concurrently
 
@@ -246,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "0 OK, 1 WARN, 2 CRIT or NO_REFRESH, 3 unknown.")
     p.add_argument("views", nargs="*", metavar="VIEW", help="limit to these views (default: all)")
     p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("audit", parents=[common], help="health audit of every catalog view; exit 2 on CRIT",
+                       description="For every catalog view: exists and populated, freshness, last status and "
+                                   "error, stuck or abandoned RUNNING rows, missing or INVALID unique index where "
+                                   "CONCURRENTLY is wanted, stale input (older than an upstream view), and "
+                                   "materialized views the catalog does not list. Exit 0 OK/INFO, 1 WARN, 2 CRIT, "
+                                   "3 unknown.")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("prepare-concurrently", parents=[common],
                        help="the runbook's steps 1-3: duplicates, unique index (concurrently), verify",

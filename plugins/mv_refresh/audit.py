@@ -1,0 +1,658 @@
+"""The health audit of the catalog's views (what the runbook's ``run_ops_health_audit.py`` did).
+
+``run_audit`` opens one read-only connection, runs a handful of set-based queries over the whole
+catalog (one per concern, never one per check per view) and turns what it reads into :class:`Finding`
+objects, each naming the view, what is wrong and what to do about it.
+
+Checks, in canonical order (a view that fails ``exists`` skips the others):
+
+``ops_schema``    the ops schema is missing or incomplete (CRIT; the audit stops there)
+``exists``        a catalog view is missing, or is not a materialized view (CRIT)
+``populated``     the view was never populated (CRIT for a critical view, else WARN)
+``freshness``     the health bucket of ``ops.v_mv_health`` (``ops.mv_health_of`` with the catalog's
+                  thresholds when the catalog is not synced): WARN, CRIT, NO_REFRESH
+``last_status``   the latest refresh attempt ended ERROR, SKIPPED or ABANDONED (WARN)
+``running``       a RUNNING row older than statement + lock timeout (stuck?), or whose backend is gone
+                  (abandoned) - judged by pid and backend start, never by age alone (WARN)
+``unique_index``  CONCURRENTLY wanted but no usable unique index (CRIT for mode concurrently, WARN for
+                  auto), or an INVALID index left by a failed CREATE INDEX CONCURRENTLY (WARN)
+``stale_input``   the view was last refreshed before one of its upstream views (WARN)
+``unlisted``      a materialized view in a catalog schema that the catalog does not list (INFO)
+
+Names from the catalog only ever reach PostgreSQL as bound parameters compared with ``pg_namespace`` /
+``pg_class`` / the log: the audit builds no SQL from configuration. Nothing here imports Airflow, and
+nothing here writes: the audit runs in a READ ONLY transaction (the next refresh, not the audit,
+marks abandoned rows).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from .catalog import Catalog, ViewSpec, format_qualified_name
+from .db import connect
+
+__all__ = [
+    "CHECKS",
+    "EXIT_CODES",
+    "SEVERITIES",
+    "AuditReport",
+    "Finding",
+    "run_audit",
+]
+
+#: Severities, lowest first.
+SEVERITIES = ("OK", "INFO", "WARN", "CRIT")
+_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
+#: The checks, in the order their findings are listed for one view.
+CHECKS = (
+    "ops_schema",
+    "exists",
+    "populated",
+    "freshness",
+    "last_status",
+    "running",
+    "unique_index",
+    "stale_input",
+    "unlisted",
+)
+_CHECK_ORDER = {check: index for index, check in enumerate(CHECKS)}
+#: Exit codes: the monitoring-plugin convention (Nagios, Icinga, Zabbix), like `mv-refresh health`.
+EXIT_CODES = {"OK": 0, "INFO": 0, "WARN": 1, "CRIT": 2}
+
+# The audit only reads; these keep it from hanging behind a migration (ACCESS EXCLUSIVE on the log).
+_STATEMENT_TIMEOUT = "60s"
+_LOCK_TIMEOUT = "10s"
+_MESSAGE_LIMIT = 300  # a logged error message quoted in a finding is cut to this many characters
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the audit found: ``view`` is the display name (None for a run-wide finding)."""
+
+    view: str | None
+    check: str
+    severity: str
+    message: str
+    fix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.severity not in _RANK:
+            raise ValueError(f"severity {self.severity!r} is not one of {', '.join(SEVERITIES)}")
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Finding:
+        return cls(
+            view=data.get("view"),
+            check=data["check"],
+            severity=data["severity"],
+            message=data["message"],
+            fix=data.get("fix"),
+        )
+
+    def __str__(self) -> str:
+        text = f"{self.severity} {self.check}: {self.message}"
+        return f"{text} Fix: {self.fix}" if self.fix else text
+
+
+@dataclass
+class AuditReport:
+    """Every finding of one audit (highest severity first, then canonical order)."""
+
+    findings: list[Finding]
+    views_checked: int
+
+    @property
+    def worst(self) -> str:
+        """The highest severity found; ``OK`` when nothing was found."""
+        return max((f.severity for f in self.findings), key=_RANK.__getitem__, default="OK")
+
+    @property
+    def crit(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "CRIT"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 for OK or INFO, 1 for WARN, 2 for CRIT (the monitoring-plugin convention)."""
+        return EXIT_CODES[self.worst]
+
+    def counts(self) -> dict[str, int]:
+        """How many findings of each severity (every severity present, highest first)."""
+        return {
+            severity: sum(1 for f in self.findings if f.severity == severity)
+            for severity in reversed(SEVERITIES)
+            if severity != "OK"
+        }
+
+    def summary(self) -> str:
+        """One line for a log or a monitoring system: ``WARN: 0 CRIT, 2 WARN, 1 INFO in 6 views``."""
+        counts = ", ".join(f"{n} {severity}" for severity, n in self.counts().items())
+        return f"{self.worst}: {counts} in {self.views_checked} views"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "worst": self.worst,
+            "exit_code": self.exit_code,
+            "views_checked": self.views_checked,
+            "counts": self.counts(),
+            "findings": [f.as_json() for f in self.findings],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AuditReport:
+        """The report back from :meth:`as_json` (the derived keys are recomputed, not read)."""
+        return cls(
+            findings=[Finding.from_json(f) for f in data["findings"]],
+            views_checked=int(data["views_checked"]),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The queries (catalog names arrive as arrays of bound parameters; nothing is formatted into SQL)
+
+_OPS_SCHEMA = """
+SELECT current_database(),
+       EXISTS (SELECT 1 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'ops' AND c.relname = 'mv_refresh_log' AND c.relkind IN ('r', 'p')),
+       EXISTS (SELECT 1 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'ops' AND c.relname = 'v_mv_health' AND c.relkind = 'v'),
+       EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+               WHERE n.nspname = 'ops' AND p.proname = 'mv_health_of')
+"""
+
+# What pg_class says about each catalog view. The usable-index rule is the engine's (_VIEW_STATE):
+# unique, valid, live, on plain columns, without WHERE.
+_VIEWS = """
+SELECT v.ord,
+       n.oid IS NOT NULL AS schema_exists,
+       c.relkind,
+       c.relispopulated,
+       EXISTS (SELECT 1 FROM pg_index AS i
+               WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indislive
+                 AND i.indpred IS NULL AND i.indexprs IS NULL) AS has_usable_unique_index,
+       ARRAY(SELECT format('%%I.%%I', n.nspname, ic.relname)
+             FROM pg_index AS i JOIN pg_class AS ic ON ic.oid = i.indexrelid
+             WHERE i.indrelid = c.oid AND NOT i.indisvalid
+             ORDER BY ic.relname) AS invalid_indexes
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) WITH ORDINALITY AS v (schema_name, mv_name, ord)
+LEFT JOIN pg_namespace AS n ON n.nspname = v.schema_name
+LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name
+ORDER BY v.ord
+"""
+
+# Freshness: the row of ops.v_mv_health (thresholds as synced into ops.mv_catalog) or, for a view the
+# database's catalog does not know yet, ops.mv_health_of with the thresholds of the catalog file.
+_HEALTH = """
+SELECT v.ord,
+       h.schema_name IS NOT NULL AS synced,
+       coalesce(h.status_bucket, f.status_bucket),
+       coalesce(h.hours_since_ok_refresh, f.hours_since_ok_refresh),
+       coalesce(h.last_ok_refresh_finished_at, f.last_ok_refresh_finished_at),
+       coalesce(h.warn_after_hours, v.warn),
+       coalesce(h.crit_after_hours, v.crit)
+FROM unnest(%(schemas)s::text[], %(names)s::text[], %(warn)s::numeric[], %(crit)s::numeric[])
+     WITH ORDINALITY AS v (schema_name, mv_name, warn, crit, ord)
+LEFT JOIN ops.v_mv_health AS h ON h.schema_name = v.schema_name AND h.mv_name = v.mv_name
+LEFT JOIN LATERAL (
+    SELECT * FROM ops.mv_health_of(v.schema_name, v.mv_name, v.warn, v.crit) WHERE h.schema_name IS NULL
+) AS f ON true
+ORDER BY v.ord
+"""
+
+# The latest attempt of each view (same order as ops.mv_health_of) and its latest OK refreshed_at.
+_LOG = """
+SELECT v.ord, latest.status, latest.error_sqlstate, latest.error_message, latest.refresh_started_at,
+       ok.refreshed_at
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) WITH ORDINALITY AS v (schema_name, mv_name, ord)
+LEFT JOIN LATERAL (
+    SELECT l.status, l.error_sqlstate, l.error_message, l.refresh_started_at
+    FROM ops.mv_refresh_log AS l
+    WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name
+    ORDER BY l.refresh_started_at DESC, l.id DESC
+    LIMIT 1
+) AS latest ON true
+LEFT JOIN LATERAL (
+    SELECT max(l.refreshed_at) AS refreshed_at
+    FROM ops.mv_refresh_log AS l
+    WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.status = 'OK'
+) AS ok ON true
+ORDER BY v.ord
+"""
+
+# RUNNING rows with their age and whether their backend still exists. The liveness rule is the
+# engine's (_REAP_ABANDONED): same pid and, when both are visible, same backend start; a hidden
+# backend_start (roles without pg_read_all_stats) leaves the pid alone to decide.
+_RUNNING = """
+SELECT v.ord, l.id, l.backend_pid, l.backend_start, l.refresh_started_at,
+       extract(epoch FROM now() - l.refresh_started_at)::float8 AS age_seconds,
+       EXISTS (SELECT 1 FROM pg_stat_activity AS a
+               WHERE a.pid = l.backend_pid
+                 AND (a.backend_start IS NULL OR l.backend_start IS NULL
+                      OR a.backend_start = l.backend_start)) AS backend_alive
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) WITH ORDINALITY AS v (schema_name, mv_name, ord)
+JOIN ops.mv_refresh_log AS l
+  ON l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.status = 'RUNNING'
+ORDER BY v.ord, l.refresh_started_at, l.id
+"""
+
+_UNLISTED = """
+SELECT n.nspname::text, c.relname::text
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm'
+  AND n.nspname = ANY (%(used_schemas)s::text[])
+  AND NOT EXISTS (SELECT 1 FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v (schema_name, mv_name)
+                  WHERE v.schema_name = n.nspname::text AND v.mv_name = c.relname::text)
+ORDER BY n.nspname, c.relname
+"""
+
+_RELKIND_NAMES = {
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The audit
+
+
+class _Collector:
+    """Findings with their sort key: severity (desc), canonical position, check, order found."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[int, int, int, int, Finding]] = []
+
+    def add(self, position: int, finding: Finding) -> None:
+        key = (-_RANK[finding.severity], position, _CHECK_ORDER.get(finding.check, len(CHECKS)),
+               len(self._items))
+        self._items.append((*key, finding))
+
+    def sorted(self) -> list[Finding]:
+        return [item[-1] for item in sorted(self._items, key=lambda item: item[:-1])]
+
+
+def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
+    """Audit every view of ``catalog`` in the database at ``dsn``; see the module docstring.
+
+    One connection, one READ ONLY REPEATABLE READ transaction (every query sees the same snapshot).
+    Raises psycopg errors it cannot judge (no connection, no privilege to read the ops schema): the
+    caller reports those as UNKNOWN, never as OK.
+    """
+    found = _Collector()
+    views = list(catalog.views)
+    with connect(dsn, purpose="audit") as conn:
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+            (_STATEMENT_TIMEOUT, _LOCK_TIMEOUT),
+        )
+        problem = _check_ops_schema(conn)
+        if problem is not None:
+            found.add(-1, problem)
+            return AuditReport(found.sorted(), views_checked=0)
+
+        params = {"schemas": [v.schema for v in views], "names": [v.name for v in views]}
+        # Every query covers the whole catalog; a view that fails `exists` is skipped in Python.
+        present: set[int] = set()
+        for ord_, schema_exists, relkind, populated, usable_index, invalid_indexes in conn.execute(
+            _VIEWS, params
+        ):
+            spec = views[ord_ - 1]
+            finding = _check_exists(catalog, spec, schema_exists, relkind)
+            if finding is not None:
+                found.add(ord_ - 1, finding)
+                continue
+            present.add(ord_)
+            if not populated:
+                found.add(ord_ - 1, _not_populated(spec))
+            for finding in _check_indexes(catalog, spec, usable_index, invalid_indexes):
+                found.add(ord_ - 1, finding)
+
+        health = conn.execute(_HEALTH, {
+            **params,
+            "warn": [v.warn_after_hours for v in views],
+            "crit": [v.crit_after_hours for v in views],
+        })
+        for ord_, synced, bucket, hours, last_ok_at, warn, crit in health:
+            if ord_ in present:
+                spec = views[ord_ - 1]
+                finding = _check_freshness(spec, synced, bucket, hours, last_ok_at, warn, crit)
+                if finding is not None:
+                    found.add(ord_ - 1, finding)
+
+        # The latest OK refreshed_at of every catalog view: an upstream view missing from the database
+        # still has its log.
+        last_ok: dict[tuple[str, str], datetime | None] = {}
+        for ord_, status, sqlstate, message, started, refreshed_at in conn.execute(_LOG, params):
+            spec = views[ord_ - 1]
+            last_ok[spec.key] = refreshed_at
+            if ord_ in present and status in ("ERROR", "SKIPPED", "ABANDONED"):
+                found.add(ord_ - 1, _last_status(spec, status, sqlstate, message, started))
+
+        for ord_, log_id, pid, backend_start, started, age, alive in conn.execute(_RUNNING, params):
+            if ord_ in present:
+                spec = views[ord_ - 1]
+                finding = _check_running(spec, log_id, pid, backend_start, started, age, alive)
+                if finding is not None:
+                    found.add(ord_ - 1, finding)
+
+        for ord_ in sorted(present):
+            for finding in _check_stale_input(views[ord_ - 1], last_ok):
+                found.add(ord_ - 1, finding)
+
+        used_schemas = sorted({v.schema for v in views})
+        unlisted = conn.execute(_UNLISTED, {**params, "used_schemas": used_schemas}).fetchall()
+        for offset, (schema, name) in enumerate(unlisted):
+            found.add(len(views) + offset, _unlisted(catalog, schema, name))
+
+    return AuditReport(found.sorted(), views_checked=len(views))
+
+
+# --------------------------------------------------------------------------------------------------
+# The checks: each turns what a query read into a finding (or None)
+
+
+def _check_ops_schema(conn: psycopg.Connection) -> Finding | None:
+    database, has_log, has_health_view, has_health_function = conn.execute(_OPS_SCHEMA).fetchone()
+    if not has_log:
+        return Finding(
+            view=None,
+            check="ops_schema",
+            severity="CRIT",
+            message=f"ops.mv_refresh_log does not exist in database {database}: mv-refresh is not set up "
+            "there, so no refresh is logged and no view can be audited",
+            fix="run `mv-refresh init-db` against this database (and check that the DSN names the right "
+            "one)",
+        )
+    missing = [name for name, ok in (("ops.v_mv_health", has_health_view),
+                                     ("ops.mv_health_of()", has_health_function)) if not ok]
+    if missing:
+        return Finding(
+            view=None,
+            check="ops_schema",
+            severity="CRIT",
+            message=f"the ops schema in database {database} is incomplete: {', '.join(missing)} "
+            "missing, so freshness cannot be judged",
+            fix="run `mv-refresh init-db` to apply the missing migrations",
+        )
+    return None
+
+
+def _check_exists(catalog: Catalog, spec: ViewSpec, schema_exists: bool, relkind: str | None) -> Finding | None:
+    name = spec.display_name
+    if relkind == "m":
+        return None
+    if relkind is None:
+        why = "" if schema_exists else f" (its schema {_schema_name(spec.schema)} does not exist either)"
+        return Finding(
+            view=name,
+            check="exists",
+            severity="CRIT",
+            message=f"{name} is in the catalog but does not exist in the database{why}: nothing can "
+            "refresh or read it",
+            fix=f"create the materialized view, or remove it from the catalog ({_where(catalog, spec)})",
+        )
+    what = _RELKIND_NAMES.get(relkind, f"a relation of kind {relkind!r}")
+    return Finding(
+        view=name,
+        check="exists",
+        severity="CRIT",
+        message=f"{name} is {what}, not a materialized view: it cannot be refreshed",
+        fix=f"fix the name in the catalog ({_where(catalog, spec)}), or replace {name} with a "
+        "materialized view",
+    )
+
+
+def _not_populated(spec: ViewSpec) -> Finding:
+    name = spec.display_name
+    return Finding(
+        view=name,
+        check="populated",
+        severity="CRIT" if spec.critical else "WARN",
+        message=f"{name} is not populated (created or last refreshed WITH NO DATA): every "
+        "query on it fails with 'materialized view has not been populated'",
+        fix=f"mv-refresh refresh {_arg(name)}",
+    )
+
+
+def _check_indexes(
+    catalog: Catalog, spec: ViewSpec, usable_index: bool, invalid_indexes: list[str]
+) -> list[Finding]:
+    name = spec.display_name
+    findings = []
+    if spec.grain:
+        prepare = f"mv-refresh prepare-concurrently {_arg(name)}"
+    else:
+        prepare = (f"add a grain to the catalog entry of {name} ({_where(catalog, spec)}) and run "
+                   f"mv-refresh prepare-concurrently {_arg(name)}")
+    if spec.mode in ("auto", "concurrently") and not usable_index:
+        message = (f"{name} has no valid unique index on plain columns without WHERE, so PostgreSQL "
+                   "cannot refresh it CONCURRENTLY: ")
+        if spec.mode == "concurrently":
+            message += ("its mode is 'concurrently', so every refresh fails (the engine never falls "
+                        "back), and a manual plain refresh takes ACCESS EXCLUSIVE and blocks readers")
+        else:
+            message += ("refreshes fall back to PLAIN, which takes ACCESS EXCLUSIVE and blocks readers "
+                        "for the whole refresh")
+        findings.append(Finding(
+            view=name,
+            check="unique_index",
+            severity="CRIT" if spec.mode == "concurrently" else "WARN",
+            message=message,
+            fix=prepare,
+        ))
+    for index in invalid_indexes:
+        findings.append(Finding(
+            view=name,
+            check="unique_index",
+            severity="WARN",
+            message=f"{name} has the INVALID index {index} (left by a failed CREATE INDEX CONCURRENTLY, "
+            "which CREATE INDEX IF NOT EXISTS then accepts silently): it is never used, yet every "
+            "refresh maintains it",
+            fix=f"DROP INDEX CONCURRENTLY {index}; then "
+            + (prepare if spec.grain else "rebuild it (CREATE UNIQUE INDEX CONCURRENTLY) after fixing "
+               "whatever made it fail"),
+        ))
+    return findings
+
+
+def _check_freshness(
+    spec: ViewSpec,
+    synced: bool,
+    bucket: str | None,
+    hours: Decimal | None,
+    last_ok_at: datetime | None,
+    warn: Decimal,
+    crit: Decimal,
+) -> Finding | None:
+    name = spec.display_name
+    if bucket == "OK":
+        return None
+    thresholds = f"WARN from {_num(warn)} h, CRIT above {_num(crit)} h"
+    if not synced:
+        thresholds += ("; thresholds of the catalog file, as ops.mv_catalog does not list the view: "
+                       "`mv-refresh init-db` syncs it")
+    fix = (f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG); if refreshes keep failing, "
+           "read the view's latest rows in ops.mv_refresh_log")
+    if bucket in ("WARN", "CRIT"):
+        return Finding(
+            view=name,
+            check="freshness",
+            severity=bucket,
+            message=f"{name} was last refreshed OK {_num(hours)} h ago (finished {_ts(last_ok_at)}): "
+            f"{bucket} ({thresholds})",
+            fix=fix,
+        )
+    if bucket == "NO_REFRESH":
+        return Finding(
+            view=name,
+            check="freshness",
+            severity="CRIT" if spec.critical else "WARN",
+            message=f"{name} has never been refreshed OK (no OK row in ops.mv_refresh_log): NO_REFRESH "
+            f"({thresholds})",
+            fix=fix,
+        )
+    return Finding(
+        view=name,
+        check="freshness",
+        severity="CRIT" if spec.critical else "WARN",
+        message=f"{name}: unknown health bucket {bucket!r} ({thresholds})",
+        fix="run `mv-refresh init-db` so the health views match this version of mv-refresh",
+    )
+
+
+_STATUS_FIXES = {
+    "ERROR": "fix the cause the error names, then mv-refresh refresh {arg}",
+    "SKIPPED": "another refresh of {name} held it for longer than its lock timeout: look for overlapping "
+    "runs (the DAG and the CLI at once, or a hung refresh), then mv-refresh refresh {arg}",
+    "ABANDONED": "the refresh's backend died before reporting (a killed worker or a terminated "
+    "session): mv-refresh refresh {arg}",
+}
+
+
+def _last_status(
+    spec: ViewSpec, status: str, sqlstate: str | None, message: str | None, started: datetime
+) -> Finding:
+    name = spec.display_name
+    code = f" [{sqlstate}]" if sqlstate else ""
+    text = _clip(message) if message else "no error message logged"
+    return Finding(
+        view=name,
+        check="last_status",
+        severity="WARN",
+        message=f"the latest refresh attempt of {name} (started {_ts(started)}) ended {status}{code}: {text}",
+        fix=_STATUS_FIXES[status].format(name=name, arg=_arg(name)),
+    )
+
+
+def _check_running(
+    spec: ViewSpec,
+    log_id: int,
+    pid: int | None,
+    backend_start: datetime | None,
+    started: datetime,
+    age_seconds: float,
+    alive: bool,
+) -> Finding | None:
+    name = spec.display_name
+    if not alive:
+        if pid is None:
+            backend = "no backend pid was logged for it"
+        else:
+            since = f", started {_ts(backend_start)}" if backend_start else ""
+            backend = f"its backend (pid {pid}{since}) is gone"
+        return Finding(
+            view=name,
+            check="running",
+            severity="WARN",
+            message=f"log row {log_id} of {name} (started {_ts(started)}) is RUNNING but {backend}: "
+            "abandoned; the next refresh marks it ABANDONED",
+            fix=f"mv-refresh refresh {_arg(name)} (it marks the row ABANDONED and refreshes the view)",
+        )
+    limit = spec.statement_timeout_seconds + spec.lock_timeout_seconds
+    if age_seconds <= limit:
+        return None
+    return Finding(
+        view=name,
+        check="running",
+        severity="WARN",
+        message=f"a refresh of {name} (log row {log_id}, backend pid {pid}) has been RUNNING for "
+        f"{_duration(age_seconds)} since {_ts(started)}, longer than its statement timeout plus lock "
+        f"timeout ({_duration(limit)}): stuck?",
+        fix=f"look at pid {pid} in pg_stat_activity (state, wait_event, query); if it is hung, end it "
+        f"with SELECT pg_cancel_backend({pid}) and refresh again",
+    )
+
+
+def _check_stale_input(spec: ViewSpec, last_ok: Mapping[tuple[str, str], datetime | None]) -> list[Finding]:
+    mine = last_ok.get(spec.key)
+    if mine is None:
+        return []  # never refreshed OK: freshness reports it
+    name = spec.display_name
+    findings = []
+    for up in spec.upstream:
+        theirs = last_ok.get(up)
+        if theirs is not None and mine < theirs:
+            up_name = format_qualified_name(*up)
+            findings.append(Finding(
+                view=name,
+                check="stale_input",
+                severity="WARN",
+                message=f"{name} was last refreshed OK at {_ts(mine)}, before its upstream {up_name} "
+                f"(refreshed OK at {_ts(theirs)}): it does not reflect {up_name}'s current data",
+                fix=f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG, which refreshes in "
+                "canonical order)",
+            ))
+    return findings
+
+
+def _unlisted(catalog: Catalog, schema: str, name: str) -> Finding:
+    shown = format_qualified_name(schema, name)
+    return Finding(
+        view=shown,
+        check="unlisted",
+        severity="INFO",
+        message=f"{shown} is a materialized view in schema {_schema_name(schema)}, which the catalog uses, "
+        "but the catalog does not list it: nothing refreshes or monitors it",
+        fix=f"add it to the catalog ({catalog.source}) if it should be refreshed, or ignore this",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _arg(name: str) -> str:
+    """A view name as a shell argument in a suggested command (``lab."Weird MV"`` needs quotes)."""
+    return shlex.quote(name)
+
+
+def _where(catalog: Catalog, spec: ViewSpec) -> str:
+    return f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
+
+
+def _schema_name(schema: str) -> str:
+    return format_qualified_name(schema, "x")[:-2]
+
+
+def _ts(value: datetime | None) -> str:
+    return value.isoformat(sep=" ", timespec="seconds") if value is not None else "-"
+
+
+def _num(value: Decimal | float | None) -> str:
+    return "?" if value is None else f"{float(value):g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
