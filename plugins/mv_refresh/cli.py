@@ -165,8 +165,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(report.as_json())
     else:
-        _print_table(["severity", "check", "view", "finding", "fix"],
-                     [(f.severity, f.check, f.view, f.message, f.fix) for f in report.findings], wide=True)
+        if report.findings:
+            _print_table(["severity", "check", "view", "finding", "fix"],
+                         [(f.severity, f.check, f.view, f.message, f.fix) for f in report.findings], wide=True)
         print(report.summary())
     return report.exit_code
 
