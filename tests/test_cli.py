@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -85,7 +87,7 @@ def test_health_is_unknown_when_the_database_is_unreachable(lab_cli, capsys):
 
 def test_plan_lists_the_canonical_order(lab_cli, capsys):
     assert main(["plan", "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)
+    plan = json.loads(capsys.readouterr().out)["views"]
     assert [p["view"] for p in plan][:2] == ["lab.mv_conc", "lab.mv_noidx"]
     assert plan[-1]["view"] == 'lab."Weird MV"'
 
@@ -129,3 +131,53 @@ def test_audit_exit_codes_and_json(demo_dsn, monkeypatch, capsys):
     crit = [f for f in report["findings"] if f["severity"] == "CRIT"]
     assert {(f["check"], f["view"]) for f in crit} >= {("populated", "ops.mv_yango_cabinet_claims_for_collection")}
     assert main(["audit", "--dsn", "postgresql://u@127.0.0.1:1/x"]) == 3
+
+
+def test_log_blockers_and_plan_validate(lab_cli, capsys):
+    import threading
+
+    assert main(["refresh", "lab.mv_conc", "lab.mv_noidx"]) == 0
+    capsys.readouterr()
+    assert main(["log", "--json", "--limit", "1"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["view"] == "lab.mv_noidx" and row["status"] == "OK"
+    assert main(["log", "lab.mv_conc", "--status", "ok"]) == 0
+    assert "lab.mv_conc" in capsys.readouterr().out
+    assert main(["log", "--status", "LOST"]) == 2
+    assert "RUNNING" in capsys.readouterr().err  # the error lists the statuses
+
+    with connect(lab_cli) as holder:
+        holder.execute("SELECT count(*) FROM lab.mv_conc /* long report */")
+        holder_pid = holder.info.backend_pid
+        from lab import lab_catalog
+
+        from mv_refresh.engine import RefreshFailed, refresh_view
+
+        def blocked_refresh():
+            with contextlib.suppress(RefreshFailed):
+                refresh_view(lab_cli, lab_catalog(), "lab.mv_conc", mode="plain", lock_timeout=3)
+
+        waiter = threading.Thread(target=blocked_refresh)
+        waiter.start()
+        time.sleep(1.0)
+        capsys.readouterr()
+        assert main(["blockers", "lab.mv_conc", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        holder.rollback()
+    waiter.join(10)
+    holders = [r for r in rows if r["granted"] and r["pid"] == holder_pid]
+    waiters = [r for r in rows if not r["granted"]]
+    assert holders and "long report" in holders[0]["query"]
+    assert waiters and holder_pid in waiters[0]["blocked_by"]
+
+    # The lab catalog lists a table, a plain view and a missing view: --validate says so, exit 1.
+    assert main(["plan", "--validate"]) == 1
+    out = capsys.readouterr().out
+    assert "lab.mv_missing" in out and "lab.a_table" in out
+
+
+def test_plan_validate_passes_on_the_demo(demo_dsn, monkeypatch, capsys):
+    monkeypatch.setenv("MV_REFRESH_DSN", demo_dsn)
+    monkeypatch.delenv("MV_REFRESH_CONFIG", raising=False)
+    assert main(["plan", "--validate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == []

@@ -137,19 +137,73 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .catalog import load_catalog
 
     catalog = load_catalog(args.config)
+    problems = None
+    if args.validate:
+        from .db import connect, resolve_dsn
+        from .troubleshoot import validate_plan
+
+        with connect(resolve_dsn(args.dsn), purpose="plan") as conn:
+            problems = validate_plan(conn, catalog)
+    plan = [
+        {"position": v.position, "view": v.display_name, "task_id": v.task_id, "critical": v.critical,
+         "mode": v.mode, "grain": list(v.grain), "upstream": [catalog.get(u).display_name for u in v.upstream]}
+        for v in catalog.views
+    ]
     if args.json:
-        _emit_json([
-            {"position": v.position, "view": v.display_name, "task_id": v.task_id, "critical": v.critical,
-             "mode": v.mode, "grain": list(v.grain), "upstream": [catalog.get(u).display_name for u in v.upstream]}
-            for v in catalog.views
-        ])
+        payload: dict[str, Any] = {"catalog": catalog.source, "views": plan}
+        if problems is not None:
+            payload["problems"] = [p.as_dict() for p in problems]
+        _emit_json(payload)
     else:
         print(f"catalog: {catalog.source}")
-        _print_table(
-            ["#", "view", "mode", "critical", "upstream"],
-            [(v.position + 1, v.display_name, v.mode, "yes" if v.critical else "",
-              ", ".join(catalog.get(u).display_name for u in v.upstream)) for v in catalog.views],
-        )
+        _print_table(["#", "view", "mode", "critical", "upstream"],
+                     [(p["position"] + 1, p["view"], p["mode"], "yes" if p["critical"] else "",
+                       ", ".join(p["upstream"])) for p in plan])
+        if problems is not None:
+            if problems:
+                print("\nchecked against pg_depend:")
+                _print_table(["severity", "view", "problem", "fix"],
+                             [(p.severity, p.view, p.message, p.fix) for p in problems], wide=True)
+            else:
+                print("\nchecked against pg_depend: the catalog's order and upstream match the database")
+    return EXIT_FAILED if problems and any(p.severity == "ERROR" for p in problems) else EXIT_OK
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from .db import connect
+    from .troubleshoot import recent_log
+
+    dsn, catalog = _load(args)
+    with connect(dsn, purpose="log") as conn:
+        rows = recent_log(conn, catalog, args.view, status=args.status, limit=args.limit)
+    if args.json:
+        _emit_json(rows)
+    else:
+        _print_table(["id", "view", "status", "method", "started", "ms", "rows", "sqlstate", "error", "by"],
+                     [(r["id"], r["view"], r["status"], r["method"], r["refresh_started_at"], r["duration_ms"],
+                       r["rows_after_refresh"], r["error_sqlstate"], r["error_message"],
+                       r["task_id"] or r["run_by"]) for r in rows])
+    return EXIT_OK
+
+
+def cmd_blockers(args: argparse.Namespace) -> int:
+    from .db import connect
+    from .troubleshoot import lock_report
+
+    dsn, catalog = _load(args)
+    with connect(dsn, purpose="blockers") as conn:
+        rows = lock_report(conn, catalog, args.view)
+    if args.json:
+        _emit_json(rows)
+    elif not rows:
+        print("no session holds or waits for a lock on the catalog's views")
+    else:
+        _print_table(["view", "pid", "user", "lock", "mode", "granted", "blocked_by", "waiting_s", "state", "query"],
+                     [(r["view"], r["pid"], r["usename"], r["lock_kind"], r["mode"],
+                       "yes" if r["granted"] else "WAITING",
+                       ", ".join(map(str, r["blocked_by"])) or None,
+                       None if r.get("waiting_seconds") is None else f"{r['waiting_seconds']:.1f}",
+                       r["state"], r["query"]) for r in rows])
     return EXIT_OK
 
 
@@ -283,8 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("view", metavar="VIEW", help="schema.view from the catalog (must have a grain)")
     p.set_defaults(func=cmd_prepare_concurrently)
 
-    p = sub.add_parser("plan", parents=[common], help="the canonical order and dependency graph of the catalog")
+    p = sub.add_parser("plan", parents=[common], help="the canonical order and dependency graph of the catalog",
+                       description="Print the catalog's canonical order and upstream graph; with --validate, "
+                                   "compare it with what PostgreSQL records (pg_depend): exit 1 on an error.")
+    p.add_argument("--validate", action="store_true", help="check the graph against pg_depend (needs a DSN)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("log", parents=[common], help="recent rows of ops.mv_refresh_log",
+                       description="The newest refresh attempts, newest first (the runbook's troubleshooting "
+                                   "queries as a command).")
+    p.add_argument("view", nargs="?", metavar="VIEW", help="one catalog view (default: all)")
+    p.add_argument("--status", help="RUNNING, OK, ERROR, SKIPPED or ABANDONED")
+    p.add_argument("--limit", type=int, default=20, help="how many rows (default 20)")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("blockers", parents=[common], help="sessions holding or waiting for locks on the views",
+                       description="Who holds or waits for a lock on the catalog's views or on their refresh "
+                                   "advisory locks (pg_locks, pg_blocking_pids), with their queries.")
+    p.add_argument("view", nargs="?", metavar="VIEW", help="one catalog view (default: all)")
+    p.set_defaults(func=cmd_blockers)
 
     p = sub.add_parser("demo-load", parents=[common], help="create and fill the demo warehouse",
                        description="Create the demo Yango warehouse (source tables in schema yango, the six "

@@ -1,0 +1,531 @@
+"""The runbook's troubleshooting, as functions: the log, the blockers, the plan against ``pg_depend``.
+
+- :func:`recent_log` answers "what happened lately?" (the runbook's "Verificar último error" and
+  "Verificar si hay refresh en progreso"): the newest rows of ``ops.mv_refresh_log``.
+- :func:`lock_report` answers "who is blocking the view?" ("Verificar procesos de PostgreSQL bloqueando
+  la MV"): sessions holding or waiting for a lock on a catalog view, or for the engine's per-view
+  advisory lock, with whom each waiter waits for.
+- :func:`real_dependencies` and :func:`validate_plan` answer "is the catalog's order right?"
+  ("Verificar dependencias"): which materialized views each view really reads, according to
+  ``pg_depend``, checked against the catalog's ``upstream`` and order.
+
+Plain psycopg 3, no Airflow. Every name from the catalog reaches the database as a bound parameter
+compared with ``pg_namespace``/``pg_class`` (or, for the advisory key, through the engine's own
+expression), never as SQL text. The functions only read; on a connection that is not in autocommit mode
+and had no transaction open, the transaction they open is rolled back before they return, so they never
+leave a session idle in transaction.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from .catalog import Catalog, ViewRef, ViewSpec, format_qualified_name
+from .engine import ADVISORY_LOCK_CLASS, _advisory_objid
+
+__all__ = [
+    "LOCK_KIND_ADVISORY",
+    "LOCK_KIND_RELATION",
+    "LOG_COLUMNS",
+    "MAX_LOG_LIMIT",
+    "STATUSES",
+    "PlanProblem",
+    "lock_report",
+    "real_dependencies",
+    "recent_log",
+    "validate_plan",
+]
+
+#: The statuses of ``ops.mv_refresh_log`` (its CHECK constraint), in the order a refresh meets them.
+STATUSES = ("RUNNING", "OK", "ERROR", "SKIPPED", "ABANDONED")
+MAX_LOG_LIMIT = 10_000
+#: The keys of each :func:`recent_log` row, in display order.
+LOG_COLUMNS = (
+    "id",
+    "view",
+    "status",
+    "method",
+    "method_reason",
+    "refresh_started_at",
+    "refresh_finished_at",
+    "duration_ms",
+    "rows_after_refresh",
+    "error_sqlstate",
+    "error_message",
+    "run_by",
+    "dag_id",
+    "run_id",
+    "task_id",
+    "try_number",
+    "backend_pid",
+)
+LOCK_KIND_RELATION = "relation"
+LOCK_KIND_ADVISORY = "refresh advisory lock"
+QUERY_CHARS = 200
+
+_RELKIND_NAMES = {
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a plain view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared
+
+
+@contextmanager
+def _reading(conn: psycopg.Connection) -> Iterator[None]:
+    """Read on ``conn`` without leaving behind a transaction the caller did not have."""
+    opened_here = not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+    try:
+        yield
+    finally:
+        if opened_here and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+
+
+def _chosen(catalog: Catalog, view: ViewRef | None) -> list[ViewSpec]:
+    """The one view asked for (CatalogError when it is malformed or not listed), else all of them."""
+    return list(catalog.views) if view is None else [catalog.get(view)]
+
+
+def _where(catalog: Catalog, spec: ViewSpec) -> str:
+    return f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
+
+
+_PRESENT = """
+SELECT v.schema_name, v.mv_name, c.oid, c.relkind
+FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
+JOIN pg_namespace AS n ON n.nspname = v.schema_name
+JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name
+"""
+
+
+def _present(conn: psycopg.Connection, views: list[ViewSpec]) -> dict[tuple[str, str], tuple[int, str]]:
+    """``{(schema, name): (oid, relkind)}`` for the views that exist (as any kind of relation)."""
+    rows = conn.execute(_PRESENT, ([v.schema for v in views], [v.name for v in views])).fetchall()
+    return {(schema, name): (oid, relkind) for schema, name, oid, relkind in rows}
+
+
+def _seconds(value: Decimal | float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# The log
+
+
+_RECENT_LOG = """
+SELECT l.id, l.schema_name, l.mv_name, l.status, l.method, l.method_reason, l.refresh_started_at,
+       l.refresh_finished_at, l.duration_ms, l.rows_after_refresh, l.error_sqlstate, l.error_message,
+       l.run_by, l.dag_id, l.run_id, l.task_id, l.try_number, l.backend_pid
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v (schema_name, mv_name)
+CROSS JOIN LATERAL (
+    -- Per view, at most `limit` rows read from mv_refresh_log_view_started_idx
+    -- (mv_name, schema_name, refresh_started_at DESC); then the newest of them all.
+    SELECT *
+    FROM ops.mv_refresh_log AS r
+    WHERE r.mv_name = v.mv_name AND r.schema_name = v.schema_name
+      AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
+    ORDER BY r.refresh_started_at DESC, r.id DESC
+    LIMIT %(limit)s
+) AS l
+ORDER BY l.refresh_started_at DESC, l.id DESC
+LIMIT %(limit)s
+"""
+
+
+def _check_status(status: str | None) -> str | None:
+    if status is None:
+        return None
+    wanted = status.strip().upper() if isinstance(status, str) else None
+    if wanted not in STATUSES:
+        raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+    return wanted
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LOG_LIMIT:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LOG_LIMIT:,}, got {limit!r}")
+    return limit
+
+
+def _recent_log_statement(
+    catalog: Catalog, view: ViewRef | None, status: str | None, limit: int
+) -> tuple[str, dict[str, Any], dict[tuple[str, str], str]]:
+    """The query, its parameters and the display name of each view key (validated, not run)."""
+    views = _chosen(catalog, view)
+    params = {
+        "schemas": [v.schema for v in views],
+        "names": [v.name for v in views],
+        "status": _check_status(status),
+        "limit": _check_limit(limit),
+    }
+    return _RECENT_LOG, params, {v.key: v.display_name for v in views}
+
+
+def recent_log(
+    conn: psycopg.Connection,
+    catalog: Catalog,
+    view: ViewRef | None = None,
+    *,
+    status: str | None = None,
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    """The newest rows of ``ops.mv_refresh_log``, newest first, for the catalog's views (or one of them).
+
+    ``view`` is a catalog name (``schema.name``; CatalogError when malformed or not listed); ``status``
+    one of :data:`STATUSES` (any case; ValueError otherwise); ``limit`` 1..10000 (ValueError otherwise).
+    Each row is a dict with the keys :data:`LOG_COLUMNS`; ``view`` is the display name (``schema.name``,
+    quoted where needed). Rows of views outside the catalog are not shown. Ties on
+    ``refresh_started_at`` are broken by ``id``, newest first.
+    """
+    query, params, shown = _recent_log_statement(catalog, view, status, limit)
+    with _reading(conn):
+        rows = conn.execute(query, params).fetchall()
+    result = []
+    for row in rows:
+        (log_id, schema_name, mv_name, *rest) = row
+        values = [log_id, shown.get((schema_name, mv_name), format_qualified_name(schema_name, mv_name))]
+        result.append(dict(zip(LOG_COLUMNS, values + rest, strict=True)))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Locks
+
+
+_LOCKS = """
+WITH target AS (
+    SELECT v.ord, v.schema_name, v.mv_name, c.oid AS relid, v.objid
+    FROM unnest(%(schemas)s::text[], %(names)s::text[], %(objids)s::bigint[])
+         WITH ORDINALITY AS v (schema_name, mv_name, objid, ord)
+    JOIN pg_namespace AS n ON n.nspname = v.schema_name
+    JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name
+),
+locks AS MATERIALIZED (  -- one call of pg_lock_status(): one consistent picture
+    SELECT l.locktype, l.relation, l.classid, l.objid, l.objsubid, l.pid, l.mode, l.granted,
+           {waitstart} AS waitstart
+    FROM pg_locks AS l
+    WHERE l.database = (SELECT d.oid FROM pg_database AS d WHERE d.datname = current_database())
+      AND l.locktype IN ('relation', 'advisory')
+),
+found AS (
+    SELECT t.ord, t.schema_name, t.mv_name, {relation_kind}::text AS lock_kind,
+           l.pid, l.mode, l.granted, l.waitstart
+    FROM target AS t
+    JOIN locks AS l ON l.locktype = 'relation' AND l.relation = t.relid
+    UNION ALL
+    SELECT t.ord, t.schema_name, t.mv_name, {advisory_kind}::text,
+           l.pid, l.mode, l.granted, l.waitstart
+    FROM target AS t
+    JOIN locks AS l ON l.locktype = 'advisory' AND l.objsubid = 2
+                   AND l.classid::bigint = %(classid)s AND l.objid::bigint = t.objid
+)
+SELECT f.schema_name, f.mv_name, f.pid, a.usename, a.application_name,
+       CASE WHEN f.pid IS NULL THEN 'prepared transaction' ELSE a.state END,
+       f.lock_kind, f.mode, f.granted,
+       CASE WHEN f.granted OR f.pid IS NULL THEN '{{}}'::integer[] ELSE pg_blocking_pids(f.pid) END,
+       CASE WHEN NOT f.granted
+            THEN extract(epoch FROM clock_timestamp() - coalesce(f.waitstart, a.query_start)) END,
+       extract(epoch FROM clock_timestamp() - a.xact_start),
+       left(a.query, %(query_chars)s)
+FROM found AS f
+LEFT JOIN pg_stat_activity AS a ON a.pid = f.pid
+WHERE f.pid IS DISTINCT FROM pg_backend_pid()
+ORDER BY f.ord, f.granted DESC, f.lock_kind DESC, a.xact_start NULLS LAST, f.pid, f.mode
+"""
+
+_LOCK_KEYS = (
+    "view",
+    "pid",
+    "usename",
+    "application_name",
+    "state",
+    "lock_kind",
+    "mode",
+    "granted",
+    "blocked_by",
+    "waiting_seconds",
+    "xact_age_seconds",
+    "query",
+)
+
+
+def lock_report(conn: psycopg.Connection, catalog: Catalog, view: ViewRef | None = None) -> list[dict]:
+    """Sessions holding or waiting for a lock on the catalog's views (or on one of them).
+
+    Two kinds of lock are shown: ``"relation"`` (``pg_locks`` on the view itself: a report reading it, a
+    refresh, a DDL) and ``"refresh advisory lock"`` (the engine's per-view lock that serialises
+    refreshes: its holder is the refresh under way, its waiters the refreshes queued behind it).
+
+    One row per session, view, kind and lock mode, in catalog order, holders before waiters, with the
+    keys ``view``, ``pid``, ``usename``, ``application_name``, ``state``, ``lock_kind``, ``mode``,
+    ``granted``, ``blocked_by`` (for a waiter, the pids ``pg_blocking_pids`` names; ``[]`` for a
+    holder), ``waiting_seconds`` (waiters only, else None), ``xact_age_seconds`` (age of the session's
+    transaction, None when it has none) and ``query`` (its current or last statement, first 200
+    characters; None when the role may not see it). A lock held by a prepared transaction has pid
+    None. The calling session is left out; catalog views absent from the database are skipped.
+    """
+    views = _chosen(catalog, view)
+    with _reading(conn):
+        if conn.info.transaction_status == TransactionStatus.INTRANS:
+            # pg_stat_activity is read once per transaction: inside the caller's one, read it afresh.
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+        objids = [_advisory_objid(conn, v)[1] for v in views]
+        waitstart = "l.waitstart" if conn.info.server_version >= 140000 else "NULL::timestamptz"
+        query = sql.SQL(_LOCKS).format(
+            waitstart=sql.SQL(waitstart),
+            relation_kind=sql.Literal(LOCK_KIND_RELATION),
+            advisory_kind=sql.Literal(LOCK_KIND_ADVISORY),
+        )
+        rows = conn.execute(
+            query,
+            {
+                "schemas": [v.schema for v in views],
+                "names": [v.name for v in views],
+                "objids": objids,
+                "classid": ADVISORY_LOCK_CLASS & 0xFFFFFFFF,
+                "query_chars": QUERY_CHARS,
+            },
+        ).fetchall()
+    shown = {v.key: v.display_name for v in views}
+    report = []
+    for schema_name, mv_name, *rest in rows:
+        (pid, usename, app, state, kind, mode, granted, blocked_by, waiting, xact_age, text) = rest
+        values = (
+            shown[(schema_name, mv_name)],
+            pid,
+            usename,
+            app,
+            state,
+            kind,
+            mode,
+            bool(granted),
+            list(blocked_by or []),
+            _seconds(waiting),
+            _seconds(xact_age),
+            text,
+        )
+        report.append(dict(zip(_LOCK_KEYS, values, strict=True)))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Dependencies
+
+
+# What the rewrite rule of each given relation (a view's or a materialized view's query) references:
+# relations (other than itself) and functions (whose own reads pg_depend does not record). Built-in
+# functions are pinned and never appear in pg_depend.
+_READS = """
+SELECT DISTINCT r.ev_class, d.refobjid, c.relkind, n.nspname, c.relname,
+       CASE WHEN d.refclassid = 'pg_proc'::regclass THEN d.refobjid::regprocedure::text END
+FROM pg_rewrite AS r
+JOIN pg_depend AS d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+LEFT JOIN pg_class AS c ON d.refclassid = 'pg_class'::regclass AND c.oid = d.refobjid
+LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE r.ev_class = ANY (%s::oid[])
+  AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class)
+       OR d.refclassid = 'pg_proc'::regclass)
+"""
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """What one catalog view reads: materialized views (each with the plain views it is reached
+    through, empty when read directly) and functions (called by it or by those plain views)."""
+
+    matviews: dict[tuple[str, str], tuple[tuple[str, str], ...]]
+    functions: tuple[str, ...]
+
+
+def _reads(conn: psycopg.Connection, roots: dict[tuple[str, str], int]) -> dict[tuple[str, str], _Reads]:
+    """Follow each root's rule through plain views (breadth first: the shortest path is kept)."""
+    edges: dict[int, list[tuple[int, str, tuple[str, str]]]] = {}
+    functions: dict[int, list[str]] = {}
+    pending = set(roots.values())
+    while pending:  # one query per level of plain views
+        rows = conn.execute(_READS, (sorted(pending),)).fetchall()
+        for oid in pending:
+            edges[oid] = []
+            functions[oid] = []
+        for reader, relid, relkind, schema, name, function in sorted(rows, key=lambda r: (r[0], r[1])):
+            if function is not None:
+                functions[reader].append(function)
+            elif relkind is not None:
+                edges[reader].append((relid, relkind, (schema, name)))
+        pending = {
+            relid
+            for targets in edges.values()
+            for relid, relkind, _key in targets
+            if relkind == "v" and relid not in edges
+        }
+
+    result: dict[tuple[str, str], _Reads] = {}
+    for key, root in roots.items():
+        matviews: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        called: list[str] = list(functions.get(root, ()))
+        seen = {root}
+        queue: deque[tuple[int, tuple[tuple[str, str], ...]]] = deque([(root, ())])
+        while queue:
+            node, via = queue.popleft()
+            for relid, relkind, read_key in edges.get(node, ()):
+                if relid in seen:
+                    continue
+                seen.add(relid)
+                if relkind == "m":
+                    matviews[read_key] = via
+                elif relkind == "v":
+                    called.extend(f for f in functions.get(relid, ()) if f not in called)
+                    queue.append((relid, via + (read_key,)))
+        result[key] = _Reads(matviews=matviews, functions=tuple(dict.fromkeys(called)))
+    return result
+
+
+def real_dependencies(conn: psycopg.Connection, catalog: Catalog) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """``{(schema, name): {(schema, name), ...}}``: the materialized views each catalog view reads.
+
+    Read from ``pg_depend`` through the view's rewrite rule, following plain views transitively (a
+    materialized view reading a plain view that reads a materialized view depends on the latter), and
+    stopping at materialized views. Materialized views outside the catalog are included. Catalog views
+    absent from the database have no key. Reads hidden inside functions (or dynamic SQL) are invisible
+    to ``pg_depend`` and therefore here.
+    """
+    with _reading(conn):
+        present = _present(conn, list(catalog.views))
+        reads = _reads(conn, {key: oid for key, (oid, _relkind) in present.items()})
+    return {spec.key: set(reads[spec.key].matviews) for spec in catalog.views if spec.key in reads}
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """One disagreement between the catalog and the database: what is wrong and what to do about it."""
+
+    severity: str  # "ERROR" (the plan is wrong: stale reads or a failing refresh) or "WARN"
+    view: str  # the display name of the catalog view concerned
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.severity} {self.view}: {self.message}. Fix: {self.fix}"
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _through(via: tuple[tuple[str, str], ...]) -> str:
+    if not via:
+        return ""
+    kind = "plain view" if len(via) == 1 else "plain views"
+    return f" (through the {kind} {' -> '.join(format_qualified_name(*key) for key in via)})"
+
+
+def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProblem]:
+    """Check the catalog's ``upstream`` lists and order against what ``pg_depend`` says each view reads.
+
+    Problems, in catalog order:
+
+    - ERROR: a catalog view does not exist, or is not a materialized view;
+    - ERROR: a view reads a catalog view listed below it (refreshed after it, so it reads stale data);
+    - ERROR: a view reads a catalog view its ``upstream`` does not list;
+    - WARN: a view reads a materialized view outside the catalog (nothing here refreshes it);
+    - WARN: a declared upstream is not read according to ``pg_depend`` (superfluous, or read where
+      ``pg_depend`` cannot see, e.g. inside a function).
+
+    An empty list means the plan agrees with the database.
+    """
+    views = list(catalog.views)
+    with _reading(conn):
+        present = _present(conn, views)
+        matviews = {key: oid for key, (oid, relkind) in present.items() if relkind == "m"}
+        reads = _reads(conn, matviews)
+
+    order = {v.key: v.position for v in views}
+    problems: list[PlanProblem] = []
+    for spec in views:
+        name = spec.display_name
+        where = _where(catalog, spec)
+        if spec.key not in present:
+            problems.append(PlanProblem(
+                "ERROR", name,
+                "does not exist in the database (no relation by that schema and name)",
+                f"create the materialized view, or remove it from the catalog ({where}); check the "
+                "spelling and the quoting of the name",
+            ))
+            continue
+        relkind = present[spec.key][1]
+        if relkind != "m":
+            problems.append(PlanProblem(
+                "ERROR", name,
+                f"is {_RELKIND_NAMES.get(relkind, 'not a materialized view')}, not a materialized view: "
+                "it cannot be refreshed",
+                f"correct the name in the catalog ({where}), or remove the entry",
+            ))
+            continue
+
+        found = reads[spec.key]
+        in_order = sorted(found.matviews.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+        for read_key, via in in_order:
+            read_name = format_qualified_name(*read_key)
+            path = _through(via)
+            if read_key in order:
+                read = catalog.get(read_key)
+                declared = read_key in spec.upstream
+                if read.position > spec.position:
+                    also = "" if declared else f", and add it to the upstream of {name}"
+                    problems.append(PlanProblem(
+                        "ERROR", name,
+                        f"reads {read_name}{path}, which the catalog lists below it "
+                        f"({_where(catalog, read)}): views are refreshed top to bottom, so {name} "
+                        f"would be built from the previous contents of {read_name}",
+                        f"move {read_name} above {name} in the catalog{also}",
+                    ))
+                elif not declared:
+                    problems.append(PlanProblem(
+                        "ERROR", name,
+                        f"reads {read_name}{path}, but its upstream does not list it: the DAG neither "
+                        f"runs its refresh after {read_name}'s nor holds it back when {read_name} fails",
+                        f"add {read_name} to the upstream of {name} ({where})",
+                    ))
+            else:
+                problems.append(PlanProblem(
+                    "WARN", name,
+                    f"reads the materialized view {read_name}{path}, which is not in the catalog: "
+                    f"mv-refresh never refreshes it, so {name} is only as fresh as its last refresh "
+                    "elsewhere",
+                    f"add {read_name} to the catalog above {name} (and to its upstream), or accept "
+                    "that it is refreshed elsewhere",
+                ))
+
+        for up in spec.upstream:
+            up_name = format_qualified_name(*up)
+            if up in found.matviews or up not in matviews:
+                continue  # read, or not a materialized view in the database (reported on its own)
+            hidden = ""
+            if found.functions:
+                hidden = (f"; it calls {', '.join(found.functions)}, and what a function reads is "
+                          "invisible to pg_depend")
+            problems.append(PlanProblem(
+                "WARN", name,
+                f"lists {up_name} as upstream, but pg_depend shows no read of it{hidden}",
+                f"remove {up_name} from the upstream of {name} ({where}), unless {name} reads it where "
+                "pg_depend cannot see (inside a function or dynamic SQL)",
+            ))
+    return problems
