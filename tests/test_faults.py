@@ -1,0 +1,288 @@
+"""Faults induced for real: a killed worker, a crashed server, a deadlock, a sensor racing a refresh.
+
+Each test says how the fault is induced and asserts what the log, the exception (task state), the
+exit code and the data must be afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+
+from mv_refresh.db import connect
+from mv_refresh.engine import RefreshFailed, is_retryable, refresh_view
+
+BIN = Path(sys.executable).parent
+
+
+def _scalar(dsn: str, query: str, params=None):
+    with connect(dsn, autocommit=True) as conn:
+        return conn.execute(query, params).fetchone()[0]
+
+
+def _wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached in {timeout} s")
+
+
+def _statuses(dsn: str, mv: str) -> list[str]:
+    with connect(dsn) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT status FROM ops.mv_refresh_log WHERE mv_name = %s ORDER BY id", (mv,))]
+
+
+@pytest.fixture
+def lab_files(lab_dsn, tmp_path, monkeypatch):
+    from lab import LAB_CATALOG
+
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB_CATALOG)
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
+    monkeypatch.setenv("MV_REFRESH_DSN", lab_dsn)
+    return lab_dsn
+
+
+def test_killed_worker_backend_goes_on_and_nothing_runs_twice(lab_files, lab):
+    """Fault 1: the process running a refresh is SIGKILLed mid-refresh."""
+    dsn = lab_files
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE lab.sleep_seconds SET s = 3")
+    worker = subprocess.Popen([str(BIN / "mv-refresh"), "refresh", "lab.mv_slow"], env=os.environ.copy(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = _wait_for(lambda: _scalar(dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"),
+                    what="the worker's RUNNING row")
+    _wait_for(lambda: _scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
+                              (pid,)), what="the refresh statement running")
+    worker.send_signal(signal.SIGKILL)
+    assert worker.wait(10) == -signal.SIGKILL
+    # The backend goes on without its client: health still says RUNNING, not OK and not ERROR.
+    assert _scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 1
+    with connect(dsn) as conn:
+        conn.execute("INSERT INTO ops.mv_catalog (schema_name, mv_name, position) VALUES ('lab', 'mv_slow', 0)")
+        conn.commit()
+        assert conn.execute("SELECT last_status FROM ops.v_mv_health WHERE mv_name = 'mv_slow'").fetchone() == (
+            "RUNNING",)
+    # A new refresh waits for the orphaned backend (advisory lock) instead of running beside it ...
+    result = refresh_view(dsn, lab, "lab.mv_slow")
+    assert result.status == "OK"
+    with connect(dsn) as conn:
+        rows = conn.execute("SELECT status, backend_pid, refresh_started_at, refresh_finished_at, error_message "
+                            "FROM ops.mv_refresh_log ORDER BY id").fetchall()
+        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() == (0,)
+    # ... and once that backend is gone its RUNNING row is ABANDONED, judged by the backend, not by age.
+    assert [r[0] for r in rows] == ["ABANDONED", "OK"]
+    assert rows[0][1] == pid and "is gone" in rows[0][4]
+    assert rows[1][2] >= rows[0][3], "the new refresh started only after the orphan was found dead"
+    assert _scalar(dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'") == 0
+
+
+@pytest.fixture
+def crashable(pg_server):
+    """A private server of the same major version, with the ops schema and the lab views."""
+    from lab import LAB_SQL
+    from own_server import OwnServer
+
+    from mv_refresh.migrations import apply_migrations
+
+    server = OwnServer(pg_server.version_num // 10000)
+    server.start()
+    try:
+        dsn = server.dsn()
+        apply_migrations(dsn)
+        with connect(dsn) as conn:
+            conn.execute(LAB_SQL)
+            # A view slow enough to crash the server under it; 1,000 rows of lab.src.
+            conn.execute("CREATE MATERIALIZED VIEW lab.mv_slow_src AS SELECT s.id FROM lab.src AS s, "
+                         "(SELECT pg_sleep(x.s) FROM lab.sleep_seconds AS x) AS z")
+            conn.execute("CREATE UNIQUE INDEX ON lab.mv_slow_src (id)")
+        yield server, dsn
+    finally:
+        server.stop()
+
+
+def test_server_restarted_mid_refresh_rolls_back_and_is_retried(crashable):
+    """Fault 2: `pg_ctl restart -m immediate` while a refresh runs."""
+    from mv_refresh.catalog import parse_catalog
+
+    server, dsn = crashable
+    catalog = parse_catalog("version: 1\nviews:\n  - name: lab.mv_slow_src\n")
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE lab.sleep_seconds SET s = 5")
+        conn.execute("INSERT INTO lab.src SELECT g, 0, 'new' FROM generate_series(1001, 1500) AS g")
+    outcome: dict = {}
+
+    def run():
+        try:
+            refresh_view(dsn, catalog, "lab.mv_slow_src")
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_for(lambda: _scalar(dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"),
+              what="the RUNNING row")
+    server.restart_immediate()
+    thread.join(60)
+    error = outcome.get("error")
+    assert isinstance(error, RefreshFailed), error
+    assert error.retryable, "a crashed server is worth a retry (the Airflow task retries)"
+    assert "ABANDONED" in str(error)
+    # Rolled back: the old data (1,000 rows) is intact, the new rows are not in the view.
+    assert _scalar(dsn, "SELECT count(*) FROM lab.mv_slow_src") == 1000
+    assert _statuses(dsn, "mv_slow_src") == ["RUNNING"]  # nobody could finish the row
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE lab.sleep_seconds SET s = 0")
+    # The retry: the orphaned row becomes ABANDONED, the refresh is OK with the new data.
+    result = refresh_view(dsn, catalog, "lab.mv_slow_src")
+    assert result.status == "OK" and result.rows_after_refresh == 1500
+    assert _statuses(dsn, "mv_slow_src") == ["ABANDONED", "OK"]
+
+
+def test_unreachable_server_at_start_is_retryable_and_names_the_target():
+    """Fault 3 (engine and CLI side; the operator and sensor are in test_operators.py)."""
+    from lab import lab_catalog
+
+    dsn = "postgresql://ops:S3cret@127.0.0.1:1/warehouse?connect_timeout=2"
+    with pytest.raises(psycopg.OperationalError) as info:
+        refresh_view(dsn, lab_catalog(), "lab.mv_conc")
+    assert is_retryable(info.value)
+    message = str(info.value)
+    assert "warehouse" in message and "127.0.0.1:1" in message and "S3cret" not in message
+    proc = subprocess.run([str(BIN / "mv-refresh"), "--dsn", dsn, "health"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 3 and "UNKNOWN" in proc.stderr and "S3cret" not in proc.stderr + proc.stdout
+
+
+def test_deadlock_is_a_retryable_error_and_the_retry_succeeds(lab_dsn, lab):
+    """Fault 4: the refresh and a session that locks in the other order deadlock (40P01)."""
+    with connect(lab_dsn) as other:
+        # The other session: lock the source first (the refresh then blocks reading it) ...
+        other.execute("SET deadlock_timeout = '10s'")  # let the refresh's backend detect the deadlock
+        other.execute("LOCK TABLE lab.src IN ACCESS EXCLUSIVE MODE")
+        outcome: dict = {}
+
+        def run():
+            try:
+                refresh_view(lab_dsn, lab, "lab.mv_conc", mode="plain")
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                           " AND application_name LIKE 'mv-refresh refresh%%'"),
+                  what="the refresh waiting for lab.src")
+        # ... then read the view the refresh holds ACCESS EXCLUSIVE on: a cycle.
+        other.execute("SELECT count(*) FROM lab.mv_conc")
+        other.rollback()
+    thread.join(30)
+    error = outcome["error"]
+    assert isinstance(error, RefreshFailed) and error.retryable
+    assert error.result.error_sqlstate == "40P01"
+    assert _statuses(lab_dsn, "mv_conc") == ["ERROR"]
+    # What Airflow's retry does: the same refresh again, now without the other session.
+    assert refresh_view(lab_dsn, lab, "lab.mv_conc", mode="plain").status == "OK"
+    assert _statuses(lab_dsn, "mv_conc") == ["ERROR", "OK"]
+
+
+PROBE_DAG = """
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+
+from mv_refresh.airflow.operators import MaterializedViewRefreshOperator
+
+with DAG("deadlock_retry_probe", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         tags=["test"]) as dag:
+    MaterializedViewRefreshOperator(task_id="refresh_mv_conc", view="lab.mv_conc", mode="plain",
+                                    retries=2, retry_delay=timedelta(seconds=1))
+"""
+
+
+@pytest.mark.airflow
+def test_deadlocked_task_is_retried_by_airflow(lab_dsn, airflow_db, airflow_conn, monkeypatch, tmp_path):
+    """Fault 4 through Airflow: the task fails with 40P01, goes up_for_retry, and the retry succeeds."""
+    from airflow.dag_processing.dagbag import DagBag
+    from lab import LAB_CATALOG
+
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB_CATALOG)
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
+    airflow_conn(lab_dsn)
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "deadlock_retry_probe.py").write_text(PROBE_DAG)
+    # dag.test() runs DAGs that live in a configured bundle: add the probe's folder as one.
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([
+        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
+        {"name": "fault-probes", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+         "kwargs": {"path": str(dags)}},
+    ]))
+    bag = DagBag(dag_folder=str(dags), bundle_path=dags, bundle_name="fault-probes")
+    assert bag.import_errors == {}
+    other = connect(lab_dsn)
+    other.execute("SET deadlock_timeout = '10s'")  # the refresh's backend detects the cycle first
+    other.execute("LOCK TABLE lab.src IN ACCESS EXCLUSIVE MODE")
+
+    def close_the_cycle():
+        _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                           " AND application_name LIKE 'mv-refresh refresh%%'"),
+                  what="the task's refresh waiting")
+        other.execute("SELECT count(*) FROM lab.mv_conc")  # waits for the refresh: a cycle
+        other.rollback()
+
+    closer = threading.Thread(target=close_the_cycle)
+    closer.start()
+    run = bag.dags["deadlock_retry_probe"].test()
+    closer.join(30)
+    other.close()
+    [ti] = run.get_task_instances()
+    assert (run.state, ti.state, ti.try_number) == ("success", "success", 2)
+    assert _statuses(lab_dsn, "mv_conc") == ["ERROR", "OK"]
+    with connect(lab_dsn) as conn:
+        assert conn.execute("SELECT error_sqlstate, try_number FROM ops.mv_refresh_log ORDER BY id").fetchall() == [
+            ("40P01", 1), (None, 2)]
+
+
+@pytest.mark.airflow
+def test_sensor_waits_for_a_running_refresh_then_judges_it(lab_dsn, lab, airflow_conn, monkeypatch, tmp_path):
+    """Fault 5: the health check runs while the critical view is being refreshed."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mv_refresh.airflow.sensors import MaterializedViewHealthSensor
+    from mv_refresh.catalog import load_catalog
+    from mv_refresh.migrations import init_db
+
+    path = tmp_path / "catalog.yaml"
+    path.write_text("version: 1\nviews:\n  - name: lab.mv_slow\n    critical: true\n")
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
+    airflow_conn(lab_dsn)
+    init_db(lab_dsn, load_catalog())
+    sensor = MaterializedViewHealthSensor(task_id="health_check", check_run=False)
+    context = {"ti": SimpleNamespace(dag_id="d", run_id="r", task_id="health_check", try_number=1)}
+    with pytest.raises(AirflowFailException, match="NO_REFRESH"):
+        sensor.poke(context)  # never refreshed, nothing running: fail at once
+    with connect(lab_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE lab.sleep_seconds SET s = 2")
+    thread = threading.Thread(target=refresh_view, args=(lab_dsn, load_catalog(), "lab.mv_slow"))
+    thread.start()
+    _wait_for(lambda: _statuses(lab_dsn, "mv_slow") == ["RUNNING"], what="the refresh running")
+    assert sensor.poke(context) is False  # still running: keep poking, do not judge yet
+    thread.join(30)
+    assert sensor.poke(context) is True  # finished OK: fresh
