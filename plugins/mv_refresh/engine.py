@@ -20,6 +20,7 @@ One call, ``refresh_view``, does what DESIGN.md §3 and §7 describe:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -413,6 +414,8 @@ def refresh_view(
         result.log_id = _log_row(log_conn, spec, ctx, status="RUNNING", pid=pid,
                                  backend_start=backend_start, method=method, reason=reason)
         started = time.monotonic()
+        failure: psycopg.Error | None = None
+        refreshed_at = None
         try:
             try:
                 _run_refresh(work, spec, method)
@@ -432,22 +435,36 @@ def refresh_view(
                     sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.schema, spec.name))
                 ).fetchone()[0]
             result.status = "OK"
-            _finish(log_conn, result, refreshed_at)
-            return result
         except psycopg.Error as exc:
+            failure = exc
             result.status = "ERROR"
             result.duration_ms = int((time.monotonic() - started) * 1000)
             result.error_sqlstate = exc.sqlstate
             result.retryable = is_retryable(exc)
-            message = safe_message(exc)
+            result.error_message = safe_message(exc)
             if exc.sqlstate == "55P03":
-                holders = describe_lock_holders(log_conn, me=pid, relation=state.oid)
-                message += f"; blocked by {holders}" if holders else "; the blocking session has finished"
-            result.error_message = message
-            _finish(log_conn, result)
-            raise RefreshFailed(result) from exc
+                with contextlib.suppress(psycopg.Error):
+                    holders = describe_lock_holders(log_conn, me=pid, relation=state.oid)
+                    result.error_message += (f"; blocked by {holders}" if holders
+                                             else "; the blocking session has finished")
         finally:
             _unlock(work, spec)
+        try:
+            _finish(log_conn, result, refreshed_at)
+        except psycopg.Error as log_exc:
+            # The log connection died as well (server restart, network): the RUNNING row stays behind
+            # until the next refresh of this view marks it ABANDONED. Say so, and let a retry redo it.
+            note = (f"the log row {result.log_id} could not be finished ({safe_message(log_exc)}); "
+                    f"the next refresh marks it ABANDONED")
+            if result.status == "OK":
+                result.status, result.error_message = "ERROR", f"refreshed, but {note}"
+            else:
+                result.error_message = f"{result.error_message}; {note}"
+            result.retryable = True
+            raise RefreshFailed(result) from (failure or log_exc)
+        if failure is not None:
+            raise RefreshFailed(result) from failure
+        return result
 
 
 def _unlock(conn: psycopg.Connection, spec: ViewSpec) -> None:
