@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint airflow demo-stop clean
+.PHONY: help install demo test lint airflow load-test demo-stop clean
 
 help:
 	@echo "make demo      refresh the demo views through the ops_mv_refresh DAG and print their health"
@@ -13,6 +13,7 @@ help:
 	@echo "make test      all tests (TEST_DATABASE_URL names a server; else an embedded PostgreSQL)"
 	@echo "make airflow   airflow standalone on the demo database, for triggering from the UI"
 	@echo "make lint      ruff"
+	@echo "make load-test 50 views, Airflow (LocalExecutor, 4 workers) + 2 CLI loops for 3 minutes"
 	@echo "make demo-stop stop the embedded PostgreSQL;  make clean  remove .demo/ and .venv/"
 
 # The venv is rebuilt only when a requirements file or pyproject.toml changes.
@@ -33,6 +34,9 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff check --select AIR3 dags plugins
+
+load-test: install
+	$(BIN)/python tests/loadtest.py --views $${LOAD_VIEWS:-50} --seconds $${LOAD_SECONDS:-180}
 
 airflow: install
 	@bash scripts/airflow.sh
