@@ -114,12 +114,11 @@ def _running_runs(airflow_db: Path) -> int:
 
 def _airflow_attempts(airflow_db: Path) -> int:
     """Task executions that reached the engine: every try of a refresh task that ran (not skipped)."""
-    ran = "('success', 'failed', 'up_for_retry')"
+    query = ("SELECT count(*) FROM {table} WHERE dag_id = 'ops_mv_refresh' AND task_id LIKE 'refresh_%' "
+             "AND state IN ('success', 'failed', 'up_for_retry')")
     with sqlite3.connect(airflow_db) as db:
-        current = db.execute(f"SELECT count(*) FROM task_instance WHERE dag_id = 'ops_mv_refresh' "
-                             f"AND task_id LIKE 'refresh_%' AND state IN {ran}").fetchone()[0]
-        earlier = db.execute(f"SELECT count(*) FROM task_instance_history WHERE dag_id = 'ops_mv_refresh' "
-                             f"AND task_id LIKE 'refresh_%' AND state IN {ran}").fetchone()[0]
+        current = db.execute(query.replace("{table}", "task_instance")).fetchone()[0]
+        earlier = db.execute(query.replace("{table}", "task_instance_history")).fetchone()[0]
     return current + earlier
 
 
