@@ -188,6 +188,10 @@ def _show(text: object, limit: int = 80) -> str:
     """A printable, bounded rendering of user input for messages."""
     if isinstance(text, str) and len(text) > limit:
         return repr(text[:limit]) + f"... ({len(text)} characters)"
+    if isinstance(text, int) and text.bit_length() > 256:
+        # YAML reads hex/binary/sexagesimal literals of any length; Python refuses to print an int of
+        # more than 4,300 digits, and no setting wants one anyway.
+        return f"an integer of {text.bit_length():,} bits"
     shown = repr(text)
     return shown if len(shown) <= limit + 2 else shown[:limit] + "..."
 
@@ -590,7 +594,7 @@ def _type_name(value: object) -> str:
     if isinstance(value, str):
         return f"the text {_show(value, 40)}"
     if isinstance(value, (int, float)):
-        return f"the number {value!r}"
+        return f"the number {_show(value, 40)}"
     return f"{type(value).__name__} {_show(value, 40)}"
 
 

@@ -54,6 +54,15 @@ def connect(dsn: str, *, autocommit: bool = False, purpose: str = "", **kwargs: 
     """Open a connection tagged with ``application_name`` so it is recognisable in pg_stat_activity."""
     app = f"{APPLICATION_NAME} {purpose}".strip()[:63]
     try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        # libpq's parse error quotes the offending part of the DSN, which may be the password.
+        raise ConfigurationError(
+            "the DSN cannot be parsed (its text is not shown: it may hold a password). In a URI, "
+            "percent-encode special characters of the password (% as %25, @ as %40, / as %2F), or use "
+            "the key=value form: host=... dbname=... user=... password=..."
+        ) from None
+    try:
         return psycopg.connect(dsn, autocommit=autocommit, application_name=app, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         # psycopg's message can repeat the full conninfo; say where we tried, and nothing secret.

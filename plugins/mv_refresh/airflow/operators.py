@@ -80,6 +80,8 @@ class MaterializedViewRefreshOperator(BaseOperator):
         except CatalogError as exc:
             raise AirflowFailException(str(exc)) from None
 
+        from mv_refresh.db import ConfigurationError
+
         from .connection import dsn_for_connection
 
         dsn = dsn_for_connection(self.conn_id or catalog.connection_id)
@@ -93,7 +95,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
                 lock_timeout=_seconds(self.lock_timeout), statement_timeout=_seconds(self.statement_timeout),
                 progress=self.log.info,
             )
-        except CatalogError as exc:  # refused before any SQL ran: a retry cannot help
+        except (CatalogError, ConfigurationError) as exc:  # refused before any SQL ran: a retry cannot help
             raise AirflowFailException(str(exc)) from None
         except RefreshFailed as exc:
             if exc.retryable:
