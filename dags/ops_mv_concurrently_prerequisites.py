@@ -8,6 +8,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from mv_refresh.airflow.alerts import failure_notifier_from_env
 from mv_refresh.catalog import load_catalog
 
 catalog = load_catalog()
@@ -43,7 +44,7 @@ Pick a view (those with a `grain` in the catalog), trigger:
 
 Same engine as `mv-refresh prepare-concurrently VIEW`.
 """,
-    default_args={"owner": "ops", "retries": 0},
+    default_args={"owner": "ops", "retries": 0, "on_failure_callback": [failure_notifier_from_env()]},
     params={
         "view": Param(default_view, type="string", enum=with_grain or [""], title="View",
                       description="The materialized view to prepare (catalog views with a grain)."),

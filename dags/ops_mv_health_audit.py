@@ -10,6 +10,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from mv_refresh.airflow.alerts import failure_notifier_from_env
+
 
 @dag(
     dag_id="ops_mv_health_audit",
@@ -34,6 +36,7 @@ CRIT**, naming it. Same engine as `mv-refresh audit`.
         "retries": 2,
         "retry_delay": timedelta(minutes=1),
         "retry_exponential_backoff": True,
+        "on_failure_callback": [failure_notifier_from_env()],
     },
 )
 def ops_mv_health_audit():
