@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint airflow load-test demo-stop clean
+.PHONY: help install demo test lint airflow load-test bench demo-stop clean
 
 help:
 	@echo "make demo      refresh the demo views through the ops_mv_refresh DAG and print their health"
@@ -14,6 +14,7 @@ help:
 	@echo "make airflow   airflow standalone on the demo database, for triggering from the UI"
 	@echo "make lint      ruff"
 	@echo "make load-test 50 views, Airflow (LocalExecutor, 4 workers) + 2 CLI loops for 3 minutes"
+	@echo "make bench     benchmarks: tables, bench/results.json, bench/*.png (BENCH_SCALE=full: the long form)"
 	@echo "make demo-stop stop the embedded PostgreSQL;  make clean  remove .demo/ and .venv/"
 
 # The venv is rebuilt only when a requirements file or pyproject.toml changes.
@@ -37,6 +38,9 @@ lint: install
 
 load-test: install
 	$(BIN)/python tests/loadtest.py --views $${LOAD_VIEWS:-50} --seconds $${LOAD_SECONDS:-180}
+
+bench: install
+	$(BIN)/python bench/run.py
 
 airflow: install
 	@bash scripts/airflow.sh
