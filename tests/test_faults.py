@@ -12,32 +12,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import psycopg
 import pytest
+from lab import scalar, wait_for
 
 from mv_refresh.db import connect
 from mv_refresh.engine import RefreshFailed, is_retryable, refresh_view
 
 BIN = Path(sys.executable).parent
-
-
-def _scalar(dsn: str, query: str, params=None):
-    with connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchone()[0]
-
-
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {timeout} s")
 
 
 def _statuses(dsn: str, mv: str) -> list[str]:
@@ -64,14 +49,14 @@ def test_killed_worker_backend_goes_on_and_nothing_runs_twice(lab_files, lab):
         conn.execute("UPDATE lab.sleep_seconds SET s = 3")
     worker = subprocess.Popen([str(BIN / "mv-refresh"), "refresh", "lab.mv_slow"], env=os.environ.copy(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid = _wait_for(lambda: _scalar(dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"),
+    pid = wait_for(lambda: scalar(dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"),
                     what="the worker's RUNNING row")
-    _wait_for(lambda: _scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
+    wait_for(lambda: scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
                               (pid,)), what="the refresh statement running")
     worker.send_signal(signal.SIGKILL)
     assert worker.wait(10) == -signal.SIGKILL
     # The backend goes on without its client: health still says RUNNING, not OK and not ERROR.
-    assert _scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 1
+    assert scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 1
     with connect(dsn) as conn:
         conn.execute("INSERT INTO ops.mv_catalog (schema_name, mv_name, position) VALUES ('lab', 'mv_slow', 0)")
         conn.commit()
@@ -88,7 +73,7 @@ def test_killed_worker_backend_goes_on_and_nothing_runs_twice(lab_files, lab):
     assert [r[0] for r in rows] == ["ABANDONED", "OK"]
     assert rows[0][1] == pid and "is gone" in rows[0][4]
     assert rows[1][2] >= rows[0][3], "the new refresh started only after the orphan was found dead"
-    assert _scalar(dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'") == 0
+    assert scalar(dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'") == 0
 
 
 @pytest.fixture
@@ -134,7 +119,7 @@ def test_server_restarted_mid_refresh_rolls_back_and_is_retried(crashable):
 
     thread = threading.Thread(target=run)
     thread.start()
-    _wait_for(lambda: _scalar(dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"),
+    wait_for(lambda: scalar(dsn, "SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"),
               what="the RUNNING row")
     server.restart_immediate()
     thread.join(60)
@@ -143,7 +128,7 @@ def test_server_restarted_mid_refresh_rolls_back_and_is_retried(crashable):
     assert error.retryable, "a crashed server is worth a retry (the Airflow task retries)"
     assert "ABANDONED" in str(error)
     # Rolled back: the old data (1,000 rows) is intact, the new rows are not in the view.
-    assert _scalar(dsn, "SELECT count(*) FROM lab.mv_slow_src") == 1000
+    assert scalar(dsn, "SELECT count(*) FROM lab.mv_slow_src") == 1000
     assert _statuses(dsn, "mv_slow_src") == ["RUNNING"]  # nobody could finish the row
     with connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE lab.sleep_seconds SET s = 0")
@@ -184,7 +169,7 @@ def test_deadlock_is_a_retryable_error_and_the_retry_succeeds(lab_dsn, lab):
 
         thread = threading.Thread(target=run)
         thread.start()
-        _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                            " AND application_name LIKE 'mv-refresh refresh%%'"),
                   what="the refresh waiting for lab.src")
         # ... then read the view the refresh holds ACCESS EXCLUSIVE on: a cycle.
@@ -207,6 +192,7 @@ import pendulum
 from airflow.sdk import DAG
 
 from mv_refresh.airflow.operators import MaterializedViewRefreshOperator
+from lab import scalar, wait_for
 
 with DAG("deadlock_retry_probe", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
          tags=["test"]) as dag:
@@ -241,7 +227,7 @@ def test_deadlocked_task_is_retried_by_airflow(lab_dsn, airflow_db, airflow_conn
     other.execute("LOCK TABLE lab.src IN ACCESS EXCLUSIVE MODE")
 
     def close_the_cycle():
-        _wait_for(lambda: _scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                            " AND application_name LIKE 'mv-refresh refresh%%'"),
                   what="the task's refresh waiting")
         other.execute("SELECT count(*) FROM lab.mv_conc")  # waits for the refresh: a cycle
@@ -282,7 +268,7 @@ def test_sensor_waits_for_a_running_refresh_then_judges_it(lab_dsn, lab, airflow
         conn.execute("UPDATE lab.sleep_seconds SET s = 2")
     thread = threading.Thread(target=refresh_view, args=(lab_dsn, load_catalog(), "lab.mv_slow"))
     thread.start()
-    _wait_for(lambda: _statuses(lab_dsn, "mv_slow") == ["RUNNING"], what="the refresh running")
+    wait_for(lambda: _statuses(lab_dsn, "mv_slow") == ["RUNNING"], what="the refresh running")
     assert sensor.poke(context) is False  # still running: keep poking, do not judge yet
     thread.join(30)
     assert sensor.poke(context) is True  # finished OK: fresh

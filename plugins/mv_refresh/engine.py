@@ -152,8 +152,10 @@ JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
 
-_RELKIND_NAMES = {"r": "a table", "v": "a view", "p": "a partitioned table", "f": "a foreign table",
-                  "S": "a sequence", "i": "an index", "c": "a composite type", "t": "a TOAST table"}
+# What a relation that is not a materialized view is, for messages (pg_class.relkind).
+RELKIND_NAMES = {"r": "a table", "p": "a partitioned table", "v": "a view", "f": "a foreign table",
+                 "S": "a sequence", "i": "an index", "I": "a partitioned index", "c": "a composite type",
+                 "t": "a TOAST table"}
 
 
 def inspect_view(conn: psycopg.Connection, spec: ViewSpec) -> ViewState:
@@ -171,7 +173,7 @@ def inspect_view(conn: psycopg.Connection, spec: ViewSpec) -> ViewState:
     oid, relkind, populated, index = row
     if relkind != "m":
         raise RefreshRefused(
-            f"{spec.display_name} is {_RELKIND_NAMES.get(relkind, 'not a materialized view')}, not a "
+            f"{spec.display_name} is {RELKIND_NAMES.get(relkind, 'not a materialized view')}, not a "
             f"materialized view: only materialized views can be refreshed; fix the name in the catalog "
             f"({_where(spec)})"
         )

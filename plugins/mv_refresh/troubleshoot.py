@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from .catalog import Catalog, ViewRef, ViewSpec, format_qualified_name
-from .engine import ADVISORY_LOCK_CLASS, _advisory_objid
+from .engine import ADVISORY_LOCK_CLASS, RELKIND_NAMES, _advisory_objid
 
 __all__ = [
     "LOCK_KIND_ADVISORY",
@@ -72,17 +72,8 @@ LOCK_KIND_RELATION = "relation"
 LOCK_KIND_ADVISORY = "refresh advisory lock"
 QUERY_CHARS = 200
 
-_RELKIND_NAMES = {
-    "r": "a table",
-    "p": "a partitioned table",
-    "v": "a plain view",
-    "f": "a foreign table",
-    "S": "a sequence",
-    "i": "an index",
-    "I": "a partitioned index",
-    "c": "a composite type",
-    "t": "a TOAST table",
-}
+# In a dependency graph "plain view" is the clearer word (the graph runs through both kinds).
+_RELKIND_NAMES = {**RELKIND_NAMES, "v": "a plain view"}
 
 
 # --------------------------------------------------------------------------------------------------
