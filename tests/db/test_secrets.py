@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from mv_refresh.cli import main
 from mv_refresh.db import ConfigurationError, airflow_connection_json, connect, describe_target, redact
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "S3cr3t-p4ss-XYZ"
 # A distinctive value for the duplicated row of lab.mv_keyed: PostgreSQL puts it in the 21000 DETAIL.
 ROW_DATA = "R0wD4ta-Pr1vate-Q7"

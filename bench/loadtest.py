@@ -1,6 +1,6 @@
 """Load: many views refreshed by Airflow workers and CLI processes at once; nothing runs twice, nothing is lost.
 
-    .venv/bin/python tests/loadtest.py --views 50 --seconds 180      # the full form: `make load-test`
+    .venv/bin/python bench/loadtest.py --views 50 --seconds 180      # the full form: `make load-test`
 
 What runs, all against one database:
 * ``airflow standalone`` (LocalExecutor, ``parallelism`` 4, SQLite metadata in a temporary home) with the

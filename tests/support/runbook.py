@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-RUNBOOK = Path(__file__).resolve().parents[1] / "docs" / "runbook_refresh_yango_cabinet_claims_mv.md"
+RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "runbook_refresh_yango_cabinet_claims_mv.md"
 
 
 def runbook_sql_blocks() -> list[str]:

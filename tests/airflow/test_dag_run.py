@@ -10,7 +10,7 @@ from mv_refresh.catalog import load_catalog
 from mv_refresh.db import connect
 
 pytestmark = pytest.mark.airflow
-DAGS_DIR = Path(__file__).resolve().parents[1] / "dags"
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 
 
 def _dag(dag_id: str = "ops_mv_refresh"):
