@@ -30,6 +30,11 @@ and materialized views in the catalog's schemas that the catalog does not list.
 
 The task logs the findings as a table, returns them as JSON (XCom), and **fails when any finding is
 CRIT**, naming it. Same engine as `mv-refresh audit`.
+
+Then **prune_log** deletes log rows older than `MV_REFRESH_LOG_KEEP_DAYS` days (default 90), never a
+view's newest OK row or newest outcome (`mv-refresh log prune`). It needs a role that may DELETE from
+the log, which the refreshing role may not: set `MV_REFRESH_MAINTENANCE_CONN_ID` to a connection of such a
+role (`least_privilege.sql -v maintainer=...`). Without it the task is skipped, saying why.
 """,
     default_args={
         "owner": "ops",
@@ -61,7 +66,34 @@ def ops_mv_health_audit():
             )
         return report.as_json()
 
+    @task
+    def prune_log() -> dict:
+        import os
+
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from mv_refresh.airflow.connection import dsn_for_connection
+        from mv_refresh.catalog import load_catalog
+        from mv_refresh.db import connect
+        from mv_refresh.retention import missing_delete_privilege, prune_log
+
+        configured = os.environ.get("MV_REFRESH_MAINTENANCE_CONN_ID")
+        keep_days = int(os.environ.get("MV_REFRESH_LOG_KEEP_DAYS") or 90)
+        conn_id = configured or load_catalog().connection_id
+        with connect(dsn_for_connection(conn_id), autocommit=True, purpose="log prune") as conn:
+            refused = missing_delete_privilege(conn)
+            if refused and configured:
+                raise AirflowFailException(f"connection {conn_id!r}: {refused}")
+            if refused:
+                print(f"log not pruned: {refused}")  # a skip's reason never reaches the task log otherwise
+                raise AirflowSkipException(f"log not pruned: {refused}")
+            report = prune_log(conn, keep_days=keep_days, progress=print)
+        print(report.summary())
+        return report.as_json()
+
+    # Independent leaves: a CRIT audit must not stop retention, and a pruned log must not hide a CRIT audit.
     audit()
+    prune_log()
 
 
 ops_mv_health_audit()

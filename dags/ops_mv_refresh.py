@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, dag, task
 
 from mv_refresh.airflow.alerts import failure_notifier_from_env
 from mv_refresh.airflow.operators import MaterializedViewRefreshOperator
@@ -30,6 +30,8 @@ otherwise, with the reason logged), the row count, then `OK` or `ERROR`.
   rows or a missing privilege fail at once.
 * `health_check` runs last, always: it fails when a critical view is WARN, CRIT or NO_REFRESH, or when
   a refresh of this run failed, so the run fails and the alert fires.
+* `fail_run_if_any_task_failed` fails the run whenever any refresh task failed, whatever the reason
+  (even one that wrote no log row): a DAG run is only as green as its worst task.
 
 **Trigger params**: `views` to refresh a subset (others are skipped); `mode` to force `plain` or
 `concurrently` for this run.
@@ -77,7 +79,7 @@ Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
 def ops_mv_refresh():
     tasks = {}
     for spec in catalog.views:
-        task = MaterializedViewRefreshOperator(
+        refresh = MaterializedViewRefreshOperator(
             task_id=spec.task_id,
             view=spec.display_name,
             mode="{{ params.mode }}",
@@ -88,8 +90,8 @@ def ops_mv_refresh():
             doc_md=spec.description,
         )
         for upstream in spec.upstream:
-            tasks[upstream] >> task
-        tasks[spec.key] = task
+            tasks[upstream] >> refresh
+        tasks[spec.key] = refresh
 
     health = MaterializedViewHealthSensor(
         task_id="health_check",
@@ -99,6 +101,17 @@ def ops_mv_refresh():
         retries=0,
     )
     list(tasks.values()) >> health
+
+    # health_check (a leaf that runs whatever happened upstream) passing must not make the run green when a
+    # refresh task failed: this second leaf runs only then, and fails the run. It sends no alert of its own:
+    # the failed task already did.
+    @task(trigger_rule="one_failed", retries=0, on_failure_callback=[])
+    def fail_run_if_any_task_failed() -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("a refresh task of this run failed: see its log (the run fails with it)")
+
+    list(tasks.values()) >> fail_run_if_any_task_failed()
 
 
 ops_mv_refresh()

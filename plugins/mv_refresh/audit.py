@@ -35,10 +35,12 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from .catalog import Catalog, ViewSpec, format_qualified_name
 from .db import connect
-from .engine import RELKIND_NAMES
+from .health import read_health
+from .pg import RELKIND_NAMES, USABLE_UNIQUE_INDEX
 
 __all__ = [
     "CHECKS",
@@ -175,16 +177,13 @@ SELECT current_database(),
                WHERE n.nspname = 'ops' AND p.proname = 'mv_health_of')
 """
 
-# What pg_class says about each catalog view. The usable-index rule is the engine's (_VIEW_STATE):
-# unique, valid, live, on plain columns, without WHERE.
-_VIEWS = """
+# What pg_class says about each catalog view (the usable-index rule is pg.USABLE_UNIQUE_INDEX).
+_VIEWS = sql.SQL("""
 SELECT v.ord,
        n.oid IS NOT NULL AS schema_exists,
        c.relkind,
        c.relispopulated,
-       EXISTS (SELECT 1 FROM pg_index AS i
-               WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indislive
-                 AND i.indpred IS NULL AND i.indexprs IS NULL) AS has_usable_unique_index,
+       EXISTS (SELECT 1 FROM pg_index AS i WHERE i.indrelid = c.oid AND {usable}) AS has_usable_unique_index,
        ARRAY(SELECT format('%%I.%%I', n.nspname, ic.relname)
              FROM pg_index AS i JOIN pg_class AS ic ON ic.oid = i.indexrelid
              WHERE i.indrelid = c.oid AND NOT i.indisvalid
@@ -193,57 +192,24 @@ FROM unnest(%(schemas)s::text[], %(names)s::text[]) WITH ORDINALITY AS v (schema
 LEFT JOIN pg_namespace AS n ON n.nspname = v.schema_name
 LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name
 ORDER BY v.ord
-"""
+""").format(usable=USABLE_UNIQUE_INDEX)
 
-# Freshness: the row of ops.v_mv_health (thresholds as synced into ops.mv_catalog) or, for a view the
-# database's catalog does not know yet, ops.mv_health_of with the thresholds of the catalog file.
-_HEALTH = """
-SELECT v.ord,
-       h.schema_name IS NOT NULL AS synced,
-       coalesce(h.status_bucket, f.status_bucket),
-       coalesce(h.hours_since_ok_refresh, f.hours_since_ok_refresh),
-       coalesce(h.last_ok_refresh_finished_at, f.last_ok_refresh_finished_at),
-       coalesce(h.warn_after_hours, v.warn),
-       coalesce(h.crit_after_hours, v.crit)
-FROM unnest(%(schemas)s::text[], %(names)s::text[], %(warn)s::numeric[], %(crit)s::numeric[])
-     WITH ORDINALITY AS v (schema_name, mv_name, warn, crit, ord)
-LEFT JOIN ops.v_mv_health AS h ON h.schema_name = v.schema_name AND h.mv_name = v.mv_name
-LEFT JOIN LATERAL (
-    SELECT * FROM ops.mv_health_of(v.schema_name, v.mv_name, v.warn, v.crit) WHERE h.schema_name IS NULL
-) AS f ON true
-ORDER BY v.ord
-"""
-
-# The latest attempt of each view (same order as ops.mv_health_of) and its latest OK refreshed_at.
+# What the log says about each view: its latest outcome (ops.mv_refresh_outcome_of, V004: index reads only,
+# whatever the size of the log) and its newest OK refreshed_at.
 _LOG = """
-SELECT v.ord, latest.status, latest.error_sqlstate, latest.error_message, latest.refresh_started_at,
-       ok.refreshed_at
+SELECT v.ord, o.last_status, o.last_sqlstate, o.last_error, o.last_finished_at, o.ok_refreshed_at,
+       o.running_log_id IS NOT NULL
 FROM unnest(%(schemas)s::text[], %(names)s::text[]) WITH ORDINALITY AS v (schema_name, mv_name, ord)
-LEFT JOIN LATERAL (
-    SELECT l.status, l.error_sqlstate, l.error_message, l.refresh_started_at
-    FROM ops.mv_refresh_log AS l
-    WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name
-    ORDER BY l.refresh_started_at DESC, l.id DESC
-    LIMIT 1
-) AS latest ON true
-LEFT JOIN LATERAL (
-    SELECT max(l.refreshed_at) AS refreshed_at
-    FROM ops.mv_refresh_log AS l
-    WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.status = 'OK'
-) AS ok ON true
+CROSS JOIN LATERAL ops.mv_refresh_outcome_of(v.schema_name, v.mv_name) AS o
 ORDER BY v.ord
 """
 
-# RUNNING rows with their age and whether their backend still exists. The liveness rule is the
-# engine's (_REAP_ABANDONED): same pid and, when both are visible, same backend start; a hidden
-# backend_start (roles without pg_read_all_stats) leaves the pid alone to decide.
+# RUNNING rows with their age and whether their backend still exists (ops.mv_refresh_backend_gone, V004:
+# the engine reaps by the same rule).
 _RUNNING = """
 SELECT v.ord, l.id, l.backend_pid, l.backend_start, l.refresh_started_at,
        extract(epoch FROM now() - l.refresh_started_at)::float8 AS age_seconds,
-       EXISTS (SELECT 1 FROM pg_stat_activity AS a
-               WHERE a.pid = l.backend_pid
-                 AND (a.backend_start IS NULL OR l.backend_start IS NULL
-                      OR a.backend_start = l.backend_start)) AS backend_alive
+       ops.mv_refresh_backend_gone(l.backend_pid, l.backend_start) IS NULL AS backend_alive
 FROM unnest(%(schemas)s::text[], %(names)s::text[]) WITH ORDINALITY AS v (schema_name, mv_name, ord)
 JOIN ops.mv_refresh_log AS l
   ON l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.status = 'RUNNING'
@@ -320,26 +286,22 @@ def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
             for finding in _check_indexes(catalog, spec, usable_index, invalid_indexes):
                 found.add(ord_ - 1, finding)
 
-        health = conn.execute(_HEALTH, {
-            **params,
-            "warn": [v.warn_after_hours for v in views],
-            "crit": [v.crit_after_hours for v in views],
-        })
-        for ord_, synced, bucket, hours, last_ok_at, warn, crit in health:
+        # Freshness with the catalog file's thresholds, whether or not ops.mv_catalog is in step with it.
+        for ord_, health in enumerate(read_health(conn, catalog), start=1):
             if ord_ in present:
-                spec = views[ord_ - 1]
-                finding = _check_freshness(spec, synced, bucket, hours, last_ok_at, warn, crit)
+                finding = _check_freshness(views[ord_ - 1], health)
                 if finding is not None:
                     found.add(ord_ - 1, finding)
 
         # The latest OK refreshed_at of every catalog view: an upstream view missing from the database
         # still has its log.
         last_ok: dict[tuple[str, str], datetime | None] = {}
-        for ord_, status, sqlstate, message, started, refreshed_at in conn.execute(_LOG, params):
+        for ord_, status, sqlstate, message, finished, refreshed_at, running in conn.execute(_LOG, params):
             spec = views[ord_ - 1]
             last_ok[spec.key] = refreshed_at
-            if ord_ in present and status in ("ERROR", "SKIPPED", "ABANDONED"):
-                found.add(ord_ - 1, _last_status(spec, status, sqlstate, message, started))
+            # A RUNNING row (alive or abandoned) is the `running` check's to report.
+            if ord_ in present and not running and status in ("ERROR", "SKIPPED", "ABANDONED"):
+                found.add(ord_ - 1, _last_status(spec, status, sqlstate, message, finished))
 
         for ord_, log_id, pid, backend_start, started, age, alive in conn.execute(_RUNNING, params):
             if ord_ in present:
@@ -468,22 +430,16 @@ def _check_indexes(
     return findings
 
 
-def _check_freshness(
-    spec: ViewSpec,
-    synced: bool,
-    bucket: str | None,
-    hours: Decimal | None,
-    last_ok_at: datetime | None,
-    warn: Decimal,
-    crit: Decimal,
-) -> Finding | None:
+def _check_freshness(spec: ViewSpec, health) -> Finding | None:
+    bucket, hours, last_ok_at = health.status_bucket, health.hours_since_ok_refresh, health.last_ok_refresh_finished_at
+    warn, crit, synced = health.warn_after_hours, health.crit_after_hours, health.mirrored
     name = spec.display_name
     if bucket == "OK":
         return None
     thresholds = f"WARN from {_num(warn)} h, CRIT above {_num(crit)} h"
     if not synced:
-        thresholds += ("; thresholds of the catalog file, as ops.mv_catalog does not list the view: "
-                       "`mv-refresh init-db` syncs it")
+        thresholds += ("; ops.mv_catalog (what SQL readers of ops.v_mv_health see) is out of step with the "
+                       "catalog file for this view: `mv-refresh init-db` syncs it")
     fix = (f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG); if refreshes keep failing, "
            "read the view's latest rows in ops.mv_refresh_log")
     if bucket in ("WARN", "CRIT"):
@@ -523,7 +479,7 @@ _STATUS_FIXES = {
 
 
 def _last_status(
-    spec: ViewSpec, status: str, sqlstate: str | None, message: str | None, started: datetime
+    spec: ViewSpec, status: str, sqlstate: str | None, message: str | None, finished: datetime
 ) -> Finding:
     name = spec.display_name
     code = f" [{sqlstate}]" if sqlstate else ""
@@ -532,7 +488,7 @@ def _last_status(
         view=name,
         check="last_status",
         severity="WARN",
-        message=f"the latest refresh attempt of {name} (started {_ts(started)}) ended {status}{code}: {text}",
+        message=f"the latest refresh attempt of {name} (finished {_ts(finished)}) ended {status}{code}: {text}",
         fix=_STATUS_FIXES[status].format(name=name, arg=_arg(name)),
     )
 

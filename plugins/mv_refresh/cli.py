@@ -74,31 +74,42 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    from .engine import RefreshFailed, RunContext, refresh_view
+    from .engine import RefreshFailed, RefreshRefused, RunContext, refresh_view
 
     dsn, catalog = _load(args)
     if args.all == bool(args.views):
         print("mv-refresh refresh: name one or more views, or pass --all (not both)", file=sys.stderr)
         return EXIT_USAGE
+    for flag, value in (("--lock-timeout", args.lock_timeout), ("--statement-timeout", args.statement_timeout)):
+        if value is not None and not value > 0:
+            print(f"mv-refresh refresh: {flag} must be a positive number of seconds, got {value}", file=sys.stderr)
+            return EXIT_USAGE
     views = list(catalog.views) if args.all else catalog.select(args.views)
     say = _say(args)
     results: list[dict[str, Any]] = []
-    blocked: set[tuple[str, str]] = set()
+    blocked: dict[tuple[str, str], str] = {}  # view -> the upstream view that failed in this run
     failed = False
     for spec in views:
         if spec.key in blocked:
-            say(f"{spec.display_name}: not refreshed (an upstream view failed in this run)")
-            results.append({"view": spec.display_name, "status": "NOT_RUN", "reason": "upstream failed"})
+            say(f"{spec.display_name}: not refreshed (its upstream {blocked[spec.key]} failed in this run)")
+            results.append({"view": spec.display_name, "status": "NOT_RUN",
+                            "reason": f"upstream {blocked[spec.key]} failed"})
             continue
         say(f"{spec.display_name}: refreshing ...")
         try:
             result = refresh_view(dsn, catalog, spec, context=RunContext(run_by="cli"), mode=args.mode,
                                   lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
                                   progress=say)
+        except RefreshRefused as exc:  # nothing ran for this view; the others still may
+            failed = True
+            say(f"  {spec.display_name}: REFUSED {exc}")
+            results.append({"view": spec.display_name, "status": "REFUSED", "error_message": str(exc)})
+            blocked.update((v.key, spec.display_name) for v in catalog.downstream_of(spec))
+            continue
         except RefreshFailed as exc:
             failed = True
             result = exc.result
-            blocked.update(v.key for v in catalog.downstream_of(spec))
+            blocked.update((v.key, spec.display_name) for v in catalog.downstream_of(spec))
         say(f"  {result.summary()}" + (f"  [{result.method_reason}]" if result.method_reason else ""))
         results.append({"view": spec.display_name, **result.as_dict()})
     if args.json:
@@ -128,8 +139,11 @@ def cmd_health(args: argparse.Namespace) -> int:
               r.last_ok_refresh_finished_at, r.last_status, r.rows_after_refresh, r.last_error)
              for r in rows],
         )
-        if not rows:
-            print("no health rows: run `mv-refresh init-db` so the database knows the catalog")
+    unsynced = [r.display_name for r in rows if not r.mirrored]
+    if unsynced:
+        print(f"note: ops.mv_catalog (what SQL readers of ops.v_mv_health see) is out of step with "
+              f"{catalog.source} for {', '.join(unsynced)}: judged with the file's thresholds here; "
+              f"run `mv-refresh init-db` to sync it", file=sys.stderr)
     return worst_exit_code(rows)
 
 
@@ -183,6 +197,24 @@ def cmd_log(args: argparse.Namespace) -> int:
                      [(r["id"], r["view"], r["status"], r["method"], r["refresh_started_at"], r["duration_ms"],
                        r["rows_after_refresh"], r["error_sqlstate"], r["error_message"],
                        r["task_id"] or r["run_by"]) for r in rows])
+    return EXIT_OK
+
+
+def cmd_log_prune(args: argparse.Namespace) -> int:
+    from .db import connect, resolve_dsn
+    from .retention import PruneRefused, prune_log
+
+    say = _say(args)
+    with connect(resolve_dsn(args.dsn), autocommit=True, purpose="log prune") as conn:
+        try:
+            report = prune_log(conn, keep_days=args.keep_days, batch_size=args.batch_size, progress=say)
+        except PruneRefused as exc:
+            print(f"mv-refresh log prune: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        _emit_json(report.as_json())
+    else:
+        print(report.summary())
     return EXIT_OK
 
 
@@ -283,6 +315,16 @@ def cmd_embedded(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn", default=argparse.SUPPRESS,
@@ -350,6 +392,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", help="RUNNING, OK, ERROR, SKIPPED or ABANDONED")
     p.add_argument("--limit", type=int, default=20, help="how many rows (default 20)")
     p.set_defaults(func=cmd_log)
+    # `mv-refresh log prune ...`: routed here by main() (a VIEW is always schema.name, never "prune").
+    p.epilog = "`mv-refresh log prune --keep-days N` deletes old rows: see `mv-refresh log prune --help`."
+
+    p = sub.add_parser("log-prune", parents=[common], prog="mv-refresh log prune",
+                       help="delete log rows older than N days (`mv-refresh log prune`)",
+                       description="Delete rows of ops.mv_refresh_log that started more than --keep-days days "
+                                   "ago, in batches, never the newest OK row of a view, the newest outcome of "
+                                   "a view, or a RUNNING row. Needs DELETE on ops.mv_refresh_log (a maintenance "
+                                   "role: the refreshing role has none, so it cannot erase history).")
+    p.add_argument("--keep-days", type=_positive_int, required=True, metavar="N",
+                   help="keep rows that started within the last N days")
+    p.add_argument("--batch-size", type=_positive_int, default=10_000, metavar="ROWS",
+                   help="rows deleted per transaction (default 10,000)")
+    p.set_defaults(func=cmd_log_prune)
 
     p = sub.add_parser("blockers", parents=[common], help="sessions holding or waiting for locks on the views",
                        description="Who holds or waits for a lock on the catalog's views or on their refresh "
@@ -373,7 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupted(signum: int, _frame) -> None:
+    from .engine import Interrupted
+
+    raise Interrupted(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["log", "prune"]:
+        argv = ["log-prune", *argv[2:]]
     parser = build_parser()
     args = parser.parse_args(argv)
     for name, default in (("dsn", None), ("config", None), ("json", False)):
@@ -384,20 +449,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.drivers = DEFAULT_DEMO_DRIVERS
 
+    import signal
+
+    # SIGINT and SIGTERM stop the command the same way: the statement under way is cancelled on the server,
+    # a refresh's log row is finished as ERROR ("interrupted by SIGTERM"), and the exit code says which signal.
+    import threading
+
     import psycopg
 
     from .catalog import CatalogError
     from .db import ConfigurationError
     from .migrations import MigrationError
 
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only go there
+    previous = ({sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if in_main_thread else {})
     try:
         return args.func(args)
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)
+        print(f"mv-refresh: {exc or 'SIGINT'}: interrupted, stopped", file=sys.stderr)
+        return code
     except (CatalogError, ConfigurationError, ValueError) as exc:
         print(f"mv-refresh: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN if args.command == "health" else EXIT_USAGE
     except (psycopg.Error, MigrationError) as exc:  # one clear line, no traceback
         print(f"mv-refresh: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN if args.command == "health" else EXIT_FAILED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,53 +1,51 @@
-"""The logged refresh of one materialized view: plain psycopg 3, no Airflow.
+"""The logged refresh of one materialized view: plain psycopg 3, no Airflow (docs/architecture.md).
 
-One call, ``refresh_view``, does what DESIGN.md §3 and §7 describe:
+``refresh_view`` runs these steps, each a function below:
 
-1. the name is checked against the catalog (the allow-list) and against ``pg_class`` (it must exist and
-   be a materialized view) before any refresh SQL runs, and without writing a log row;
-2. two connections: the *refresh* connection runs the refresh; the *log* connection (autocommit) writes
-   ``ops.mv_refresh_log``, so the log survives a refresh that is rolled back or whose backend dies;
-3. an advisory lock keyed on the view serialises refreshes of one view across Airflow workers and the
-   CLI; a second refresh waits for it (within the lock timeout) and then refreshes; if the wait runs out
-   it logs ``SKIPPED`` naming the holder and raises a retryable error;
-4. RUNNING rows of this view whose backend is gone are marked ``ABANDONED`` (judged by backend pid and
-   start time, never by age);
-5. CONCURRENTLY when PostgreSQL allows it (populated, a valid unique index on plain columns without
-   WHERE), PLAIN otherwise, with the reason logged; CONCURRENTLY failing with 55000/0A000 falls back to
-   PLAIN once; nothing else ever falls back;
-6. the row count afterwards, then ``OK`` or ``ERROR`` with the SQLSTATE and a message that carries no
-   row data;
-7. least privilege (docs/security.md, ``privileges.py``): a refresher that neither owns the view nor holds
-   MAINTAIN on it refreshes through ``ops.refresh_materialized_view`` when the views' owner installed it;
-   a refresh PostgreSQL refuses for want of privilege (42501) is an ERROR naming the role, the view and
-   the fix, and is never retried.
+1. **resolve**: the name must be in the catalog (the allow-list), else ``CatalogError`` and nothing runs;
+2. **sessions**: two connections: the *work* connection refreshes; the *log* connection (autocommit) writes
+   ``ops.mv_refresh_log``, so the log survives a refresh that is rolled back, cancelled or whose backend dies;
+3. **check the view** in ``pg_class`` by its exact (schema, name): a catalog view that is missing from the
+   database, or is not a materialized view, is an operational failure: an ERROR row, never retried;
+4. **lock**: an advisory lock keyed on the view serialises refreshes of one view across Airflow workers and
+   the CLI; a second refresh waits for it within the lock timeout, then refreshes; when the wait runs out it
+   logs ``SKIPPED`` naming the holder and fails with a retryable error. Every exit below releases the lock,
+   and always after the log row is finished;
+5. **reap** RUNNING rows of the view whose backend is gone (``ABANDONED``; judged by backend, never by age);
+6. **choose the method**: CONCURRENTLY when PostgreSQL allows it (populated, a usable unique index), PLAIN
+   otherwise with the reason logged;
+7. **run**: a RUNNING row, the refresh (CONCURRENTLY refused with 55000/0A000 falls back to PLAIN once;
+   nothing else does), the row count, then OK or ERROR with the SQLSTATE and a message that holds no row
+   data and no other session's SQL. An interrupt (Ctrl-C, SIGTERM, Airflow's ``on_kill`` through a
+   ``CancelHandle``, a task timeout) cancels the statement on the server and finishes the row as ERROR.
+
+Least privilege (docs/security.md, ``privileges.py``): a refresher that neither owns the view nor holds
+MAINTAIN refreshes through ``ops.refresh_materialized_view`` when the views' owner installed it; a refresh
+PostgreSQL refuses for want of privilege (42501) is an ERROR naming the role, the view and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
-from . import privileges
-from .catalog import Catalog, CatalogError, ViewSpec
+from . import pg, privileges
+from .catalog import Catalog, CatalogError, ViewSpec, format_qualified_name
 from .db import connect
-
-log = logging.getLogger(__name__)
+from .migrations import mirror_view
 
 METHOD_CONCURRENTLY = "CONCURRENTLY"
 METHOD_PLAIN = "PLAIN"
 MODES = ("auto", "concurrently", "plain")
-
-# First key of the two-key advisory lock: "mv-refresh, refresh of one view" (b"mvrf" as int4).
-# The second key is hashtext() of the quoted qualified name, so the key survives a DROP/CREATE of the view.
-ADVISORY_LOCK_CLASS = int.from_bytes(b"mvrf", "big", signed=True)
 
 # SQLSTATEs a retry can fix: lock timeout, deadlock, serialization failure, cancel/statement timeout,
 # admin shutdown/termination, crash recovery, too many connections, and every connection exception (08).
@@ -57,17 +55,17 @@ RETRYABLE_SQLSTATES = frozenset(
 # SQLSTATEs CONCURRENTLY raises when PostgreSQL refuses it for this view (no usable unique index / not
 # populated): the only ones a PLAIN refresh can fix.
 FALLBACK_SQLSTATES = frozenset({"55000", "0A000"})
+# What the log records for a catalog view that is missing, or is not a materialized view.
+UNDEFINED_TABLE, WRONG_OBJECT_TYPE = "42P01", "42809"
+QUERY_CANCELED = "57014"
 
 
 class RefreshRefused(CatalogError):
-    """The view cannot be refreshed as asked (not a materialized view, does not exist, bad option).
-
-    Raised before any refresh SQL runs and before any log row is written; never retried.
-    """
+    """The refresh cannot run as asked (a bad option, a log the role cannot write); nothing ran, no row."""
 
 
 class RefreshFailed(RuntimeError):
-    """A refresh that ran (or waited) and failed; ``result`` is what was logged."""
+    """A refresh that was attempted and failed; ``result`` is what was logged."""
 
     def __init__(self, result: RefreshResult) -> None:
         self.result = result
@@ -76,6 +74,44 @@ class RefreshFailed(RuntimeError):
     @property
     def retryable(self) -> bool:
         return self.result.retryable
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the process to stop (the CLI raises it for SIGINT and SIGTERM).
+
+    A KeyboardInterrupt, so that psycopg cancels the running statement on the server before it propagates.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class CancelHandle:
+    """Lets Airflow's ``on_kill`` (a signal handler or another thread) stop a refresh under way.
+
+    ``cancel`` cancels the statement running on the refresh's work session, if any; the refresh then
+    finishes its log row as ERROR ("interrupted: <reason>") and fails with a retryable error. No lock is
+    taken here: ``on_kill`` may run inside a signal handler, in the very thread that runs the refresh.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._conn: psycopg.Connection | None = None
+
+    def attach(self, conn: psycopg.Connection | None) -> None:
+        self._conn = conn
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -106,7 +142,7 @@ class RefreshResult:
 
     @property
     def display_name(self) -> str:
-        return f"{self.schema_name}.{self.mv_name}"
+        return format_qualified_name(self.schema_name, self.mv_name)
 
     def summary(self) -> str:
         if self.status == "OK":
@@ -128,60 +164,75 @@ class ViewState:
     concurrent_index: str | None  # name of a unique index CONCURRENTLY can use, if any
 
 
+class ViewUnavailable(Exception):
+    """The catalog view is missing from the database or is not a materialized view."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass(frozen=True)
+class _Options:
+    mode: str
+    lock_timeout: float
+    statement_timeout: float
+    count_rows: bool
+
+
 # --------------------------------------------------------------------------------------------------
-# Resolution and mode
+# Step 1: resolve, and the options
 
 
 def resolve(catalog: Catalog, name: str | ViewSpec) -> ViewSpec:
     """The catalog entry for ``name``; CatalogError for a malformed name or a view outside the catalog."""
-    if isinstance(name, ViewSpec):
-        return catalog.get(name.key)
-    return catalog.get(name)
+    return catalog.get(name.key if isinstance(name, ViewSpec) else name)
 
 
-_VIEW_STATE = """
+def _options(spec: ViewSpec, mode: str | None, lock_timeout: float | None, statement_timeout: float | None,
+             count_rows: bool) -> _Options:
+    chosen = mode or spec.mode
+    if chosen not in MODES:
+        raise RefreshRefused(f"mode {chosen!r} is not one of {', '.join(MODES)}")
+    lock_s = spec.lock_timeout_seconds if lock_timeout is None else lock_timeout
+    stmt_s = spec.statement_timeout_seconds if statement_timeout is None else statement_timeout
+    for label, value in (("lock timeout", lock_s), ("statement timeout", stmt_s)):
+        if value <= 0:
+            raise RefreshRefused(f"{label} must be a positive number of seconds, got {value}")
+    return _Options(chosen, lock_s, stmt_s, count_rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Step 3: the view in the database
+
+
+_VIEW_STATE = sql.SQL("""
 SELECT c.oid, c.relkind, c.relispopulated,
-       (SELECT i.indexrelid::regclass::text
-          FROM pg_index AS i
-         WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indislive
-           AND i.indpred IS NULL AND i.indexprs IS NULL
-         ORDER BY i.indexrelid
-         LIMIT 1)
+       (SELECT i.indexrelid::regclass::text FROM pg_index AS i
+         WHERE i.indrelid = c.oid AND {usable} ORDER BY i.indexrelid LIMIT 1)
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
-"""
-
-# What a relation that is not a materialized view is, for messages (pg_class.relkind).
-RELKIND_NAMES = {"r": "a table", "p": "a partitioned table", "v": "a view", "f": "a foreign table",
-                 "S": "a sequence", "i": "an index", "I": "a partitioned index", "c": "a composite type",
-                 "t": "a TOAST table"}
+""").format(usable=pg.USABLE_UNIQUE_INDEX)
 
 
-def inspect_view(conn: psycopg.Connection, spec: ViewSpec) -> ViewState:
-    """Look the view up by its exact (schema, name) in the catalogs; refuse what is not a matview.
+def inspect_view(conn: psycopg.Connection, spec: ViewSpec, where: str = "the catalog") -> ViewState:
+    """Look the view up by its exact (schema, name); ``ViewUnavailable`` when it cannot be refreshed.
 
-    The names are bound parameters compared with ``pg_namespace``/``pg_class``, so nothing the user
-    wrote is ever parsed as SQL (``to_regclass`` would parse it, and differs between PG 15 and 18).
+    The names are bound parameters compared with ``pg_namespace``/``pg_class``, so nothing the user wrote is
+    ever parsed as SQL (``to_regclass`` would parse it, and differs between PostgreSQL 15 and 18).
     """
     row = conn.execute(_VIEW_STATE, (spec.schema, spec.name)).fetchone()
     if row is None:
-        raise RefreshRefused(
-            f"{spec.display_name} is in the catalog but does not exist in the database: create it, or "
-            f"remove it from the catalog ({_where(spec)})"
-        )
+        raise ViewUnavailable(UNDEFINED_TABLE, (
+            f"{spec.display_name} is in the catalog but does not exist in the database: create it, or remove it "
+            f"from the catalog ({where})"))
     oid, relkind, populated, index = row
     if relkind != "m":
-        raise RefreshRefused(
-            f"{spec.display_name} is {RELKIND_NAMES.get(relkind, 'not a materialized view')}, not a "
-            f"materialized view: only materialized views can be refreshed; fix the name in the catalog "
-            f"({_where(spec)})"
-        )
+        raise ViewUnavailable(WRONG_OBJECT_TYPE, (
+            f"{spec.display_name} is {pg.RELKIND_NAMES.get(relkind, 'not a materialized view')}, not a materialized "
+            f"view: only materialized views can be refreshed; fix the name in the catalog ({where})"))
     return ViewState(oid=oid, populated=populated, concurrent_index=index)
-
-
-def _where(spec: ViewSpec) -> str:
-    return f"line {spec.line}" if spec.line else "the catalog"
 
 
 def choose_method(spec: ViewSpec, state: ViewState, mode: str) -> tuple[str, str | None]:
@@ -203,10 +254,10 @@ def choose_method(spec: ViewSpec, state: ViewState, mode: str) -> tuple[str, str
 
 
 # --------------------------------------------------------------------------------------------------
-# The log
+# The log: every row one refresh writes, on the log connection
 
 
-_INSERT_LOG = """
+_INSERT = """
 INSERT INTO ops.mv_refresh_log
     (schema_name, mv_name, status, method, method_reason, backend_pid, backend_start,
      run_by, dag_id, run_id, task_id, try_number, client_hostname,
@@ -218,62 +269,66 @@ VALUES (%(schema)s, %(name)s, %(status)s, %(method)s, %(reason)s, %(pid)s, %(bac
 RETURNING id
 """
 
-_FINISH_LOG = """
+_FINISH = """
 UPDATE ops.mv_refresh_log
-SET status = %(status)s,
-    refresh_finished_at = clock_timestamp(),
-    refreshed_at = %(refreshed_at)s,
-    method = %(method)s,
-    method_reason = %(reason)s,
-    rows_after_refresh = %(rows)s,
-    duration_ms = %(duration_ms)s,
-    error_sqlstate = %(sqlstate)s,
-    error_message = %(message)s
+SET status = %(status)s, refresh_finished_at = clock_timestamp(), refreshed_at = %(refreshed_at)s,
+    method = %(method)s, method_reason = %(reason)s, rows_after_refresh = %(rows)s,
+    duration_ms = %(duration_ms)s, error_sqlstate = %(sqlstate)s, error_message = %(message)s
 WHERE id = %(id)s
 """
 
-_REAP_ABANDONED = """
+# The liveness rule lives in SQL (ops.mv_refresh_backend_gone, V004): health and the audit use it too.
+_REAP = """
 UPDATE ops.mv_refresh_log AS l
-SET status = 'ABANDONED',
-    refresh_finished_at = clock_timestamp(),
-    error_message = format('backend pid %%s (started %%s) is gone; the refresh never reported back',
-                           l.backend_pid, l.backend_start)
+SET status = 'ABANDONED', refresh_finished_at = clock_timestamp(),
+    error_message = ops.mv_refresh_backend_gone(l.backend_pid, l.backend_start)
 WHERE l.schema_name = %s AND l.mv_name = %s AND l.status = 'RUNNING'
-  AND NOT EXISTS (
-      SELECT 1 FROM pg_stat_activity AS a
-      WHERE a.pid = l.backend_pid
-        -- backend_start is hidden from roles without pg_read_all_stats: then the pid alone keeps
-        -- the row alive (never reap what cannot be proven dead).
-        AND (a.backend_start IS NULL OR l.backend_start IS NULL OR a.backend_start = l.backend_start)
-  )
-RETURNING l.id, l.backend_pid
+  AND ops.mv_refresh_backend_gone(l.backend_pid, l.backend_start) IS NOT NULL
+RETURNING l.id
 """
 
 
-def _log_row(log_conn: psycopg.Connection, spec: ViewSpec, ctx: RunContext, *, status: str,
-             pid: int | None = None, backend_start=None, method: str | None = None,
-             reason: str | None = None, sqlstate: str | None = None, message: str | None = None) -> int:
-    params = {
-        "schema": spec.schema, "name": spec.name, "status": status, "method": method, "reason": reason,
-        "pid": pid, "backend_start": backend_start, "run_by": ctx.run_by, "dag_id": ctx.dag_id,
-        "run_id": ctx.run_id, "task_id": ctx.task_id, "try_number": ctx.try_number,
-        "hostname": ctx.hostname, "sqlstate": sqlstate, "message": message,
-    }
-    return log_conn.execute(_INSERT_LOG, params).fetchone()[0]
+class RefreshLog:
+    """The rows of ``ops.mv_refresh_log`` one refresh writes, over the autocommit log connection."""
 
+    def __init__(self, conn: psycopg.Connection, spec: ViewSpec, ctx: RunContext, work_pid: int,
+                 work_backend_start) -> None:
+        self.conn, self.spec, self.ctx = conn, spec, ctx
+        self.pid, self.backend_start = work_pid, work_backend_start
 
-def _finish(log_conn: psycopg.Connection, result: RefreshResult, refreshed_at=None) -> None:
-    log_conn.execute(_FINISH_LOG, {
-        "id": result.log_id, "status": result.status, "refreshed_at": refreshed_at,
-        "method": result.method, "reason": result.method_reason, "rows": result.rows_after_refresh,
-        "duration_ms": result.duration_ms, "sqlstate": result.error_sqlstate,
-        "message": result.error_message,
-    })
+    def insert(self, status: str, *, method: str | None = None, reason: str | None = None,
+               sqlstate: str | None = None, message: str | None = None) -> int:
+        ctx = self.ctx
+        return self.conn.execute(_INSERT, {
+            "schema": self.spec.schema, "name": self.spec.name, "status": status, "method": method,
+            "reason": reason, "pid": self.pid, "backend_start": self.backend_start, "run_by": ctx.run_by,
+            "dag_id": ctx.dag_id, "run_id": ctx.run_id, "task_id": ctx.task_id, "try_number": ctx.try_number,
+            "hostname": ctx.hostname, "sqlstate": sqlstate, "message": message,
+        }).fetchone()[0]
+
+    def failed(self, status: str, sqlstate: str, message: str, *, retryable: bool = False) -> RefreshFailed:
+        """Log a finished failure that never ran a refresh (SKIPPED, a refused view); the error to raise."""
+        result = RefreshResult(self.spec.schema, self.spec.name, status, error_sqlstate=sqlstate,
+                               error_message=message, retryable=retryable)
+        result.log_id = self.insert(status, sqlstate=sqlstate, message=message)
+        return RefreshFailed(result)
+
+    def finish(self, result: RefreshResult, refreshed_at=None) -> None:
+        self.conn.execute(_FINISH, {
+            "id": result.log_id, "status": result.status, "refreshed_at": refreshed_at,
+            "method": result.method, "reason": result.method_reason, "rows": result.rows_after_refresh,
+            "duration_ms": result.duration_ms, "sqlstate": result.error_sqlstate,
+            "message": result.error_message,
+        })
+
+    def reap_abandoned(self) -> list[int]:
+        """Mark this view's RUNNING rows whose backend is gone as ABANDONED; return their ids."""
+        return [row[0] for row in self.conn.execute(_REAP, (self.spec.schema, self.spec.name))]
 
 
 def reap_abandoned(log_conn: psycopg.Connection, spec: ViewSpec) -> list[int]:
     """Mark RUNNING rows of ``spec`` whose backend no longer exists as ABANDONED; return their ids."""
-    return [row[0] for row in log_conn.execute(_REAP_ABANDONED, (spec.schema, spec.name))]
+    return RefreshLog(log_conn, spec, RunContext(), 0, None).reap_abandoned()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +336,7 @@ def reap_abandoned(log_conn: psycopg.Connection, spec: ViewSpec) -> list[int]:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Can a later attempt succeed where this one failed? (DESIGN.md §6)"""
+    """Can a later attempt succeed where this one failed?"""
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate
         if state is None:
@@ -302,53 +357,69 @@ def safe_message(exc: BaseException) -> str:
     return first[0] if first else type(exc).__name__
 
 
-_HOLDERS = """
-SELECT l.pid, string_agg(DISTINCT l.mode, '+'), a.usename, a.state,
-       left(coalesce(a.query, '<query hidden>'), 120), a.xact_start
-FROM pg_locks AS l
-LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
-WHERE l.granted AND l.pid IS DISTINCT FROM %(me)s AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND ((l.locktype = 'relation' AND l.relation = %(relation)s)
-       OR (l.locktype = 'advisory' AND l.classid::bigint = %(classid)s AND l.objid::bigint = %(objid)s AND l.objsubid = 2))
-GROUP BY l.pid, a.usename, a.state, a.query, a.xact_start
-ORDER BY a.xact_start NULLS LAST, l.pid
+def _interruption(exc: BaseException) -> str:
+    if isinstance(exc, Interrupted):
+        return f"interrupted by {signal.Signals(exc.signum).name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by SIGINT"
+    return f"interrupted ({type(exc).__name__})"
+
+
+_INVALID_INDEX = """
+SELECT NOT i.indisvalid FROM pg_index AS i
+JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
 """
 
 
-def describe_lock_holders(conn: psycopg.Connection, *, me: int, relation: int | None = None,
-                          advisory: tuple[int, int] | None = None) -> str:
-    """Sessions holding a lock on the view (or on its advisory key), with mode and query, for messages.
-
-    Read after a lock wait has timed out, when ``pg_blocking_pids`` of the waiter is already empty:
-    whoever still holds the lock is who blocked it.
-    """
-    classid, objid = advisory if advisory else (None, None)
-    rows = conn.execute(_HOLDERS, {"me": me, "relation": relation, "classid": classid, "objid": objid})
-    return "; ".join(
-        f"pid {pid} ({user or '?'}, {modes}, {state or '?'} since {xact_start:%H:%M:%S}: {query})"
-        if xact_start else f"pid {pid} ({user or '?'}, {modes}, {state or '?'}: {query})"
-        for pid, modes, user, state, query, xact_start in rows
-    )
+def _explain(result: RefreshResult, exc: psycopg.Error, run: _Run) -> None:
+    """Turn a refresh's psycopg error into the logged SQLSTATE, message and retry decision."""
+    spec = run.spec
+    result.error_sqlstate = exc.sqlstate
+    result.retryable = is_retryable(exc)
+    result.error_message = safe_message(exc)
+    if privileges.is_permission_error(exc):
+        # Missing privilege: permanent (42501 is not retryable); the message names the fix.
+        result.error_message = privileges.permission_message(
+            spec.display_name, spec.schema, spec.name, run.access, result.error_message)
+    elif exc.sqlstate == QUERY_CANCELED and run.cancel is not None and run.cancel.reason:
+        result.error_message = f"interrupted: {run.cancel.reason}"
+    elif exc.sqlstate == "55P03":
+        with contextlib.suppress(psycopg.Error):
+            holders = pg.lock_holders(run.log.conn, me=run.log.pid, relation=run.state.oid)
+            result.error_message += ("; blocked by " + "; ".join(map(str, holders)) if holders
+                                     else "; no session holds a lock on the view itself now: the blocker held one on a "
+                                     "relation the view reads, or has finished (`mv-refresh blockers` shows "
+                                     "who waits for whom)")
+    elif exc.sqlstate == "23505" and exc.diag.constraint_name:
+        with contextlib.suppress(psycopg.Error):
+            row = run.log.conn.execute(_INVALID_INDEX, (spec.schema, exc.diag.constraint_name)).fetchone()
+            if row and row[0]:
+                index = format_qualified_name(spec.schema, exc.diag.constraint_name)
+                result.error_message += (
+                    f"; {index} is an INVALID leftover of a failed CREATE INDEX CONCURRENTLY, and a plain refresh "
+                    f"rebuilds every index, so the duplicates in the new data fail it. Fix: DROP INDEX "
+                    f"CONCURRENTLY {index}; then fix the duplicates and run "
+                    f"`mv-refresh prepare-concurrently {spec.display_name}`")
 
 
 # --------------------------------------------------------------------------------------------------
 # The refresh
 
 
-def _advisory_key(spec: ViewSpec) -> tuple[sql.Composable, tuple[Any, ...]]:
-    return (sql.SQL("%s, hashtext(quote_ident(%s) || '.' || quote_ident(%s))"),
-            (ADVISORY_LOCK_CLASS, spec.schema, spec.name))
+@dataclass
+class _Run:
+    """One refresh under way: what the steps share."""
 
-
-def _advisory_objid(conn: psycopg.Connection, spec: ViewSpec) -> tuple[int, int]:
-    """The advisory key as pg_locks shows it (classid, objid are oids: unsigned 32-bit)."""
-    objid = conn.execute("SELECT hashtext(quote_ident(%s) || '.' || quote_ident(%s))",
-                         (spec.schema, spec.name)).fetchone()[0]
-    return ADVISORY_LOCK_CLASS & 0xFFFFFFFF, objid & 0xFFFFFFFF
-
-
-def _seconds_setting(seconds: float) -> str:
-    return f"{max(int(round(seconds * 1000)), 1)}ms"
+    spec: ViewSpec
+    options: _Options
+    work: psycopg.Connection
+    log: RefreshLog
+    say: Callable[[str], None]
+    cancel: CancelHandle | None
+    where: str  # where the view is in the catalog, for messages
+    state: ViewState = None  # type: ignore[assignment]
+    access: privileges.RefreshAccess = None  # type: ignore[assignment]
 
 
 def refresh_view(
@@ -362,162 +433,207 @@ def refresh_view(
     statement_timeout: float | None = None,
     count_rows: bool = True,
     progress: Callable[[str], None] | None = None,
+    cancel: CancelHandle | None = None,
 ) -> RefreshResult:
     """Refresh one catalog view with a log row; return the OK result or raise.
 
-    Raises ``CatalogError``/``RefreshRefused`` (permanent, nothing ran, nothing logged) or
-    ``RefreshFailed`` (logged as ERROR or SKIPPED; ``.retryable`` says whether a retry can help).
+    Raises ``CatalogError``/``RefreshRefused`` (permanent; nothing ran, nothing logged) or ``RefreshFailed``
+    (logged as ERROR or SKIPPED; ``.retryable`` says whether a retry can help). An interrupt propagates after
+    the statement was cancelled on the server and the row finished as ERROR.
     """
-    ctx = context or RunContext()
     spec = resolve(catalog, name)
-    chosen_mode = mode or spec.mode
-    if chosen_mode not in MODES:
-        raise RefreshRefused(f"mode {chosen_mode!r} is not one of {', '.join(MODES)}")
-    lock_s = spec.lock_timeout_seconds if lock_timeout is None else lock_timeout
-    stmt_s = spec.statement_timeout_seconds if statement_timeout is None else statement_timeout
-    for label, value in (("lock timeout", lock_s), ("statement timeout", stmt_s)):
-        if value <= 0:
-            raise RefreshRefused(f"{label} must be a positive number of seconds, got {value}")
-    say = progress or (lambda _line: None)
+    options = _options(spec, mode, lock_timeout, statement_timeout, count_rows)
+    with _sessions(dsn, spec, context or RunContext(), cancel) as (work, log):
+        where = f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
+        run = _Run(spec, options, work, log, progress or (lambda _line: None), cancel, where)
+        run.state = _check_view(run)
+        pg.set_timeouts(work, lock=options.lock_timeout, statement=options.statement_timeout)
+        with _view_lock(run):
+            log.reap_abandoned()
+            method, reason = _choose(run)
+            result = _run_logged(run, method, reason)
+    if result.status != "OK":
+        raise RefreshFailed(result) from None  # from None: no row data (21000 DETAIL) in a traceback
+    return result
 
+
+@contextlib.contextmanager
+def _sessions(dsn: str, spec: ViewSpec, ctx: RunContext,
+              cancel: CancelHandle | None) -> Iterator[tuple[psycopg.Connection, RefreshLog]]:
+    """Step 2: the work and log connections; the log must be writable, else nothing runs."""
     with connect(dsn, autocommit=True, purpose=f"refresh {spec.name}") as work, \
             connect(dsn, autocommit=True, purpose="log") as log_conn:
-        state = inspect_view(work, spec)  # refuses a missing or non-matview name: no log row
-        log_problem = privileges.missing_log_privileges(log_conn)
-        if log_problem:
-            raise RefreshRefused(log_problem)
-        access = _access(work, spec, state)
+        access = privileges.log_access(log_conn)
+        if access.missing:
+            raise RefreshRefused(access.missing)
+        if access.can_mirror:
+            mirror_view(log_conn, spec)  # ops.mv_catalog follows the catalog file, view by view
         pid, backend_start = work.execute(
-            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-        ).fetchone()
-        work.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-                     (_seconds_setting(lock_s), _seconds_setting(stmt_s)))
-
-        key_sql, key_params = _advisory_key(spec)
-        if not work.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(key_sql), key_params).fetchone()[0]:
-            say(f"{spec.display_name}: another refresh holds it; waiting up to {lock_s:g} s")
-            try:
-                work.execute(sql.SQL("SELECT pg_advisory_lock({})").format(key_sql), key_params)
-            except psycopg.errors.LockNotAvailable:
-                holder = (describe_lock_holders(log_conn, me=pid, advisory=_advisory_objid(log_conn, spec))
-                          or "a session that has since finished")
-                result = RefreshResult(
-                    spec.schema, spec.name, "SKIPPED", retryable=True, error_sqlstate="55P03",
-                    error_message=f"another refresh of this view held it for over {lock_s:g} s: {holder}",
-                )
-                result.log_id = _log_row(log_conn, spec, ctx, status="SKIPPED", pid=pid,
-                                         backend_start=backend_start, sqlstate="55P03",
-                                         message=result.error_message)
-                raise RefreshFailed(result) from None
-            state = inspect_view(work, spec)  # the other refresh may have populated it
-            access = _access(work, spec, state)
-
-        reap_abandoned(log_conn, spec)
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+        if cancel is not None:
+            cancel.attach(work)
         try:
-            method, reason = choose_method(spec, state, chosen_mode)
-        except RefreshRefused as exc:
-            # Known before running, but logged: health then shows why the view is not being refreshed.
-            result = RefreshResult(spec.schema, spec.name, "ERROR", error_sqlstate="55000", error_message=str(exc))
-            result.log_id = _log_row(log_conn, spec, ctx, status="ERROR", pid=pid, backend_start=backend_start,
-                                     sqlstate="55000", message=result.error_message)
-            _unlock(work, spec)
-            raise RefreshFailed(result) from None
-        reason = _with_notes(reason, access.note)
-        result = RefreshResult(spec.schema, spec.name, "RUNNING", method=method, method_reason=reason)
-        result.log_id = _log_row(log_conn, spec, ctx, status="RUNNING", pid=pid,
-                                 backend_start=backend_start, method=method, reason=reason)
-        started = time.monotonic()
-        failure: psycopg.Error | None = None
-        refreshed_at = None
-        try:
-            try:
-                _run_refresh(work, spec, method, access)
-            except psycopg.Error as exc:
-                if not (method == METHOD_CONCURRENTLY and chosen_mode == "auto"
-                        and exc.sqlstate in FALLBACK_SQLSTATES):
-                    raise
-                method = METHOD_PLAIN
-                reason = _with_notes(f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); "
-                                     f"fell back to PLAIN", access.note)
-                result.method, result.method_reason = method, reason
-                say(f"{spec.display_name}: {reason}")
-                _run_refresh(work, spec, method, access)
-            refreshed_at = work.execute("SELECT clock_timestamp()").fetchone()[0]
-            result.duration_ms = int((time.monotonic() - started) * 1000)
-            if count_rows and access.can_select:
-                result.rows_after_refresh = work.execute(
-                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.schema, spec.name))
-                ).fetchone()[0]
-            elif count_rows:
-                result.method_reason = _with_notes(
-                    result.method_reason, f'rows not counted: role "{access.role}" may not SELECT the view')
-            result.status = "OK"
-        except psycopg.Error as exc:
-            failure = exc
-            result.status = "ERROR"
-            result.duration_ms = int((time.monotonic() - started) * 1000)
-            result.error_sqlstate = exc.sqlstate
-            result.retryable = is_retryable(exc)
-            result.error_message = safe_message(exc)
-            if privileges.is_permission_error(exc):
-                # Missing privilege: permanent (42501 is not retryable); the message names the fix.
-                result.error_message = privileges.permission_message(
-                    spec.display_name, spec.schema, spec.name, access, result.error_message)
-            if exc.sqlstate == "55P03":
-                with contextlib.suppress(psycopg.Error):
-                    holders = describe_lock_holders(log_conn, me=pid, relation=state.oid)
-                    result.error_message += (f"; blocked by {holders}" if holders
-                                             else "; the blocking session has finished")
-        # Finish the log row before releasing the advisory lock, so that the logged interval
-        # [refresh_started_at, refresh_finished_at] of one view never overlaps the next refresh's.
-        # (An unexpected exception above closes both connections, which releases the lock too.)
-        try:
-            _finish(log_conn, result, refreshed_at)
-        except psycopg.Error as log_exc:
-            # The log connection died as well (server restart, network): the RUNNING row stays behind
-            # until the next refresh of this view marks it ABANDONED. Say so, and let a retry redo it.
-            note = (f"the log row {result.log_id} could not be finished ({safe_message(log_exc)}); "
-                    f"the next refresh marks it ABANDONED")
-            if result.status == "OK":
-                result.status, result.error_message = "ERROR", f"refreshed, but {note}"
-            else:
-                result.error_message = f"{result.error_message}; {note}"
-            result.retryable = True
-            # from None: the psycopg error's text carries the 21000 DETAIL (row data); its SQLSTATE and
-            # primary message are in the result already.
-            raise RefreshFailed(result) from None
+            yield work, RefreshLog(log_conn, spec, ctx, pid, backend_start)
         finally:
-            _unlock(work, spec)
-        if failure is not None:
-            raise RefreshFailed(result) from None  # no row data in a traceback (see above)
-        return result
+            if cancel is not None:
+                cancel.attach(None)
 
 
-def _unlock(conn: psycopg.Connection, spec: ViewSpec) -> None:
-    if conn.closed or conn.broken:
-        return  # the session (and its advisory lock) is gone already
-    key_sql, key_params = _advisory_key(spec)
+def _check_view(run: _Run) -> ViewState:
+    """Step 3: a catalog view that cannot be refreshed gets an ERROR row (health shows it), no retry."""
     try:
-        conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(key_sql), key_params)
-    except psycopg.Error:
-        pass  # closing the connection releases a session lock anyway
+        return inspect_view(run.work, run.spec, run.where)
+    except ViewUnavailable as exc:
+        raise run.log.failed("ERROR", exc.sqlstate, str(exc)) from None
 
 
-def _access(conn: psycopg.Connection, spec: ViewSpec, state: ViewState) -> privileges.RefreshAccess:
+@contextlib.contextmanager
+def _view_lock(run: _Run) -> Iterator[None]:
+    """Step 4: hold the view's advisory lock for the body; wait within the lock timeout, else SKIPPED."""
+    spec, work = run.spec, run.work
+    if not pg.try_advisory_lock(work, spec.schema, spec.name):
+        run.say(f"{spec.display_name}: another refresh holds it; waiting up to {run.options.lock_timeout:g} s")
+        try:
+            pg.advisory_lock(work, spec.schema, spec.name)
+        except psycopg.errors.LockNotAvailable:
+            locktag = pg.advisory_locktag(run.log.conn, spec.schema, spec.name)
+            holders = pg.lock_holders(run.log.conn, me=run.log.pid, advisory=locktag)
+            holder = "; ".join(map(str, holders)) or "a session that has since finished"
+            raise run.log.failed(
+                "SKIPPED", "55P03",
+                f"another refresh of this view held it for over {run.options.lock_timeout:g} s: {holder}",
+                retryable=True) from None
+        # The other refresh may have populated the view or changed its indexes (or it was dropped).
+        try:
+            run.state = _check_view(run)
+        except BaseException:
+            _unlock(run)
+            raise
+    try:
+        run.access = _access(run)
+        yield
+    finally:
+        _unlock(run)
+
+
+def _unlock(run: _Run) -> None:
+    work = run.work
+    if work.closed or work.broken:
+        return  # the session (and its advisory lock) is gone already
+    if work.info.transaction_status != TransactionStatus.IDLE:
+        work.close()  # interrupted mid-statement: ending the session releases the lock
+        return
+    with contextlib.suppress(psycopg.Error):  # closing the connection releases a session lock anyway
+        pg.advisory_unlock(work, run.spec.schema, run.spec.name)
+
+
+def _access(run: _Run) -> privileges.RefreshAccess:
     """How this role may refresh the view: owner / MAINTAIN / the owner's function / not at all."""
     try:
-        return privileges.check_access(conn, state.oid)
+        return privileges.check_access(run.work, run.state.oid)
     except LookupError:
-        raise RefreshRefused(f"{spec.display_name} was dropped while mv-refresh looked at it") from None
+        raise RefreshRefused(f"{run.spec.display_name} was dropped while mv-refresh looked at it") from None
+
+
+def _choose(run: _Run) -> tuple[str, str | None]:
+    """Step 6: the method; a view PostgreSQL cannot refresh in the forced mode gets an ERROR row."""
+    try:
+        method, reason = choose_method(run.spec, run.state, run.options.mode)
+    except RefreshRefused as exc:
+        # Known before running, but logged: health then shows why the view is not being refreshed.
+        raise run.log.failed("ERROR", "55000", str(exc)) from None
+    return method, _with_notes(reason, run.access.note)
+
+
+def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
+    """Step 7: RUNNING row, refresh, count, OK/ERROR row; the row is finished before the lock is released."""
+    spec, work = run.spec, run.work
+    result = RefreshResult(spec.schema, spec.name, "RUNNING", method=method, method_reason=reason)
+    result.log_id = run.log.insert("RUNNING", method=method, reason=reason)
+    started = time.monotonic()
+    refreshed_at = None
+    try:
+        if run.cancel is not None and run.cancel.reason:
+            raise psycopg.errors.QueryCanceled(f"interrupted before the refresh started: {run.cancel.reason}")
+        _refresh(run, result)
+        refreshed_at = work.execute("SELECT clock_timestamp()").fetchone()[0]
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        result.status = "OK"
+        _count_rows(run, result)
+    except psycopg.Error as exc:
+        result.status, result.duration_ms = "ERROR", int((time.monotonic() - started) * 1000)
+        _explain(result, exc, run)
+    except BaseException as exc:
+        # Ctrl-C, SIGTERM (psycopg has cancelled the statement already), a task timeout (it has not):
+        # stop the server-side statement, finish the row, then let the interrupt go on.
+        _cancel_statement(work)
+        if refreshed_at is None:  # the refresh itself was interrupted; else only the count was
+            result.status, result.retryable = "ERROR", True
+            result.error_sqlstate, result.error_message = QUERY_CANCELED, _interruption(exc)
+        else:
+            result.method_reason = _with_notes(result.method_reason, f"rows not counted: {_interruption(exc)}")
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        with contextlib.suppress(psycopg.Error):
+            run.log.finish(result, refreshed_at)
+        raise
+    _finish(run, result, refreshed_at)
+    return result
+
+
+def _refresh(run: _Run, result: RefreshResult) -> None:
+    """The REFRESH statement, with the one fallback: CONCURRENTLY that PostgreSQL refuses goes PLAIN."""
+    spec = run.spec
+    try:
+        _execute_refresh(run, result.method)
+    except psycopg.Error as exc:
+        if not (result.method == METHOD_CONCURRENTLY and run.options.mode == "auto"
+                and exc.sqlstate in FALLBACK_SQLSTATES):
+            raise
+        result.method = METHOD_PLAIN
+        result.method_reason = _with_notes(
+            f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); fell back to PLAIN", run.access.note)
+        run.say(f"{spec.display_name}: {result.method_reason}")
+        _execute_refresh(run, METHOD_PLAIN)
+
+
+def _execute_refresh(run: _Run, method: str) -> None:
+    statement, params = privileges.refresh_statement(
+        run.spec.schema, run.spec.name, method == METHOD_CONCURRENTLY, run.access)
+    run.work.execute(statement, params or None)
+
+
+def _count_rows(run: _Run, result: RefreshResult) -> None:
+    if not run.options.count_rows:
+        return
+    if not run.access.can_select:
+        result.method_reason = _with_notes(
+            result.method_reason, f'rows not counted: role "{run.access.role}" may not SELECT the view')
+        return
+    result.rows_after_refresh = run.work.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(run.spec.schema, run.spec.name))).fetchone()[0]
+
+
+def _cancel_statement(work: psycopg.Connection) -> None:
+    if not work.closed and work.info.transaction_status == TransactionStatus.ACTIVE:
+        with contextlib.suppress(psycopg.Error):
+            work.cancel_safe(timeout=10)
+
+
+def _finish(run: _Run, result: RefreshResult, refreshed_at) -> None:
+    try:
+        run.log.finish(result, refreshed_at)
+    except psycopg.Error as log_exc:
+        # The log connection died as well (server restart, network): the RUNNING row stays behind until the
+        # next refresh of this view marks it ABANDONED. Say so, and let a retry redo it.
+        note = (f"the log row {result.log_id} could not be finished ({safe_message(log_exc)}); "
+                f"the next refresh marks it ABANDONED")
+        if result.status == "OK":
+            result.status, result.error_message = "ERROR", f"refreshed, but {note}"
+        else:
+            result.error_message = f"{result.error_message}; {note}"
+        result.retryable = True
 
 
 def _with_notes(reason: str | None, *notes: str | None) -> str | None:
     parts = [part for part in (reason, *notes) if part]
     return "; ".join(parts) if parts else None
-
-
-def _run_refresh(conn: psycopg.Connection, spec: ViewSpec, method: str,
-                 access: privileges.RefreshAccess) -> None:
-    statement, params = privileges.refresh_statement(spec.schema, spec.name, method == METHOD_CONCURRENTLY,
-                                                     access)
-    conn.execute(statement, params or None)

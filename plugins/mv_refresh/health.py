@@ -1,4 +1,9 @@
-"""Health of the catalog's views, read from ``ops.v_mv_health`` (computed in SQL, database clock)."""
+"""Health of the catalog's views: ``ops.mv_health_of`` (computed in SQL, database clock) for each view.
+
+The catalog file is the source of truth for the process that reads: every view it lists gets a row, judged
+with the file's own thresholds, whether or not ``ops.mv_catalog`` (the mirror SQL readers use) is in step.
+A view is never left out: a monitoring check that cannot see a view must not report OK for it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from .catalog import Catalog
+from .catalog import Catalog, ViewSpec, format_qualified_name
 
 # Exit codes of `mv-refresh health`: the monitoring-plugin convention (Nagios, Icinga, Zabbix).
 EXIT_OK, EXIT_WARN, EXIT_CRIT, EXIT_UNKNOWN = 0, 1, 2, 3
@@ -29,10 +34,18 @@ class ViewHealth:
     is_critical: bool
     warn_after_hours: Decimal
     crit_after_hours: Decimal
+    method: str | None  # of the newest OK refresh
+    duration_ms: int | None  # of the newest OK refresh
+    mirrored: bool  # ops.mv_catalog lists the view with the file's thresholds and critical flag
 
     @property
     def display_name(self) -> str:
-        return f"{self.schema_name}.{self.mv_name}"
+        return format_qualified_name(self.schema_name, self.mv_name)
+
+    @property
+    def refreshing(self) -> bool:
+        """A refresh of the view is under way (its backend is alive)."""
+        return self.last_status == "RUNNING"
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -45,18 +58,28 @@ class ViewHealth:
 
 
 _QUERY = """
-SELECT schema_name, mv_name, last_ok_refresh_finished_at, hours_since_ok_refresh, status_bucket,
-       last_status, last_error, rows_after_refresh, is_critical, warn_after_hours, crit_after_hours
-FROM ops.v_mv_health
-WHERE (schema_name, mv_name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-ORDER BY position
+SELECT v.schema_name, v.mv_name, h.last_ok_refresh_finished_at, h.hours_since_ok_refresh, h.status_bucket,
+       h.last_status, h.last_error, h.rows_after_refresh, v.critical, v.warn, v.crit, o.ok_method,
+       o.ok_duration_ms,
+       coalesce(m.warn_after_hours = v.warn AND m.crit_after_hours = v.crit AND m.is_critical = v.critical, false)
+FROM unnest(%(schemas)s::text[], %(names)s::text[], %(critical)s::boolean[], %(warn)s::numeric[],
+            %(crit)s::numeric[]) WITH ORDINALITY AS v (schema_name, mv_name, critical, warn, crit, ord)
+CROSS JOIN LATERAL ops.mv_health_of(v.schema_name, v.mv_name, v.warn, v.crit) AS h
+CROSS JOIN LATERAL ops.mv_refresh_outcome_of(v.schema_name, v.mv_name) AS o
+LEFT JOIN ops.mv_catalog AS m ON m.schema_name = v.schema_name AND m.mv_name = v.mv_name
+ORDER BY v.ord
 """
 
 
-def read_health(conn: psycopg.Connection, catalog: Catalog, views: list | None = None) -> list[ViewHealth]:
-    """Health rows for ``views`` (ViewSpecs; default: the whole catalog), in canonical order."""
+def read_health(conn: psycopg.Connection, catalog: Catalog,
+                views: list[ViewSpec] | None = None) -> list[ViewHealth]:
+    """One row per view of ``views`` (default: the whole catalog), in the order given, never fewer."""
     chosen = list(views) if views is not None else list(catalog.views)
-    rows = conn.execute(_QUERY, ([v.schema for v in chosen], [v.name for v in chosen])).fetchall()
+    rows = conn.execute(_QUERY, {
+        "schemas": [v.schema for v in chosen], "names": [v.name for v in chosen],
+        "critical": [v.critical for v in chosen], "warn": [v.warn_after_hours for v in chosen],
+        "crit": [v.crit_after_hours for v in chosen],
+    }).fetchall()
     return [ViewHealth(*row) for row in rows]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 
+from .catalog import format_qualified_name
 from .db import connect
 from .paths import SQL_OPS_DIR
 
@@ -131,7 +132,8 @@ def applied_versions(conn: psycopg.Connection) -> list[int]:
     return [row[0] for row in conn.execute("SELECT version FROM ops.schema_migrations ORDER BY version")]
 
 
-_SYNC_CATALOG = """
+# One row of ops.mv_catalog. A row that already says the same is left alone (no write, no lock).
+_MIRROR_ROW = """
 INSERT INTO ops.mv_catalog AS c
     (schema_name, mv_name, position, is_critical, refresh_mode, grain, upstream,
      warn_after_hours, crit_after_hours)
@@ -142,33 +144,41 @@ ON CONFLICT (schema_name, mv_name) DO UPDATE SET
     refresh_mode = EXCLUDED.refresh_mode, grain = EXCLUDED.grain, upstream = EXCLUDED.upstream,
     warn_after_hours = EXCLUDED.warn_after_hours, crit_after_hours = EXCLUDED.crit_after_hours,
     synced_at = clock_timestamp()
+WHERE (c.position, c.is_critical, c.refresh_mode, c.grain, c.upstream, c.warn_after_hours, c.crit_after_hours)
+      IS DISTINCT FROM (EXCLUDED.position, EXCLUDED.is_critical, EXCLUDED.refresh_mode, EXCLUDED.grain,
+                        EXCLUDED.upstream, EXCLUDED.warn_after_hours, EXCLUDED.crit_after_hours)
 """
+
+
+def _mirror_params(view) -> dict:
+    return {
+        "schema": view.schema,
+        "name": view.name,
+        "position": view.position,
+        "critical": view.critical,
+        "mode": view.mode,
+        "grain": list(view.grain) or None,
+        "upstream": [format_qualified_name(*key) for key in view.upstream],
+        "warn": view.warn_after_hours,
+        "crit": view.crit_after_hours,
+    }
+
+
+def mirror_view(conn: psycopg.Connection, view) -> None:
+    """Bring one view's row of ``ops.mv_catalog`` in step with the catalog file (every refresh does)."""
+    conn.execute(_MIRROR_ROW, _mirror_params(view))
 
 
 def sync_catalog(conn: psycopg.Connection, catalog) -> None:
     """Mirror the YAML catalog into ``ops.mv_catalog`` (views no longer listed are removed)."""
-    rows = [
-        {
-            "schema": v.schema,
-            "name": v.name,
-            "position": v.position,
-            "critical": v.critical,
-            "mode": v.mode,
-            "grain": list(v.grain) or None,
-            "upstream": [f"{s}.{n}" for s, n in v.upstream],
-            "warn": v.warn_after_hours,
-            "crit": v.crit_after_hours,
-        }
-        for v in catalog.views
-    ]
     with conn.transaction():
         conn.execute(
             "DELETE FROM ops.mv_catalog WHERE (schema_name, mv_name) NOT IN "
             "(SELECT * FROM unnest(%s::text[], %s::text[]))",
-            ([r["schema"] for r in rows], [r["name"] for r in rows]),
+            ([v.schema for v in catalog.views], [v.name for v in catalog.views]),
         )
         with conn.cursor() as cur:
-            cur.executemany(_SYNC_CATALOG, rows)
+            cur.executemany(_MIRROR_ROW, [_mirror_params(v) for v in catalog.views])
 
 
 def init_db(dsn: str, catalog=None, *, progress: Callable[[str], None] | None = None) -> list[Migration]:

@@ -1,7 +1,10 @@
 """The prerequisites of REFRESH ... CONCURRENTLY (the runbook's steps 1-3), for any catalog view with a grain.
 
-1. ``find_duplicates``: rows sharing a grain value (the unique index could not be built, and a
-   CONCURRENTLY refresh would fail with 21000/23505). Grains with a NULL part are not duplicates: a
+1. ``find_duplicates``: rows sharing a grain value in what the *next* refresh will produce: the view's
+   defining query (``pg_get_viewdef``), not its stored rows, which may predate the duplicates. This
+   matters beyond the index build: a CONCURRENTLY refresh silently collapses identical new rows that hold a
+   NULL in any column (its own duplicate check skips such rows), so a grain that is unique in the stored
+   rows but not in the query loses rows without an error. Grains with a NULL part are not duplicates: a
    unique index treats NULLs as distinct.
 2. ``ensure_unique_index``: ``CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ux_<view>_grain`` on an
    autocommit connection. A failed earlier build leaves an INVALID index that ``IF NOT EXISTS`` would
@@ -23,9 +26,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import pg
 from .catalog import Catalog, ViewSpec
 from .db import connect
-from .engine import ViewState, inspect_view, safe_message
+from .engine import ViewState, ViewUnavailable, inspect_view, safe_message
 
 PROGRESS_AFTER_SECONDS = 3.0
 PROGRESS_EVERY_SECONDS = 5.0
@@ -93,7 +97,10 @@ def _checked_view(conn: psycopg.Connection, catalog: Catalog, view: str | ViewSp
             f"{spec.display_name} has no grain in the catalog ({spec.line and f'line {spec.line}' or 'catalog'}): "
             f"add `grain: [column, ...]` (the columns that identify one row) to its entry"
         )
-    state = inspect_view(conn, spec)
+    try:
+        state = inspect_view(conn, spec)
+    except ViewUnavailable as exc:
+        raise PrerequisiteError(str(exc)) from None
     columns = {
         row[0] for row in conn.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (state.oid,)
@@ -108,40 +115,44 @@ def _checked_view(conn: psycopg.Connection, catalog: Catalog, view: str | ViewSp
     return spec, state
 
 
-def _grain_sql(spec: ViewSpec) -> tuple[sql.Composable, sql.Composable, sql.Composable]:
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.grain)
-    not_null = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in spec.grain)
-    return sql.Identifier(spec.schema, spec.name), cols, not_null
-
-
 def find_duplicates(dsn: str, catalog: Catalog, view: str | ViewSpec, *, limit: int = DUPLICATES_LIMIT) -> DuplicateReport:
-    """Step 1: grains with more than one row (the worst ``limit`` of them) and a summary."""
+    """Step 1: grains with more than one row in the view's defining query (the worst ``limit``), and a summary.
+
+    The query is PostgreSQL's own text of the view (``pg_get_viewdef``), run once, read-only, with the view's
+    statement timeout; it costs what a refresh costs.
+    """
     with connect(dsn, purpose="prepare duplicates") as conn:
+        conn.read_only = True
         spec, state = _checked_view(conn, catalog, view)
-        if not state.populated:
+        pg.set_timeouts(conn, statement=spec.statement_timeout_seconds, local=True)
+        definition = conn.execute("SELECT pg_get_viewdef(%s::oid)", (state.oid,)).fetchone()[0]
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.grain)
+        not_null = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in spec.grain)
+        query = sql.SQL("""
+            WITH next_refresh AS MATERIALIZED ({definition}),
+            duplicated AS (
+                SELECT {cols}, count(*) AS count_duplicates FROM next_refresh WHERE {not_null}
+                GROUP BY {cols} HAVING count(*) > 1)
+            SELECT (SELECT count(*) FROM next_refresh), (SELECT count(*) FROM duplicated),
+                   (SELECT coalesce(sum(count_duplicates - 1), 0) FROM duplicated), worst.*
+            FROM (SELECT 1) AS one
+            LEFT JOIN LATERAL (SELECT * FROM duplicated ORDER BY count_duplicates DESC, {cols} LIMIT {limit})
+                AS worst ON true
+        """).format(definition=sql.SQL(definition.strip().rstrip(";")), cols=cols, not_null=not_null,
+                    limit=sql.Literal(limit))
+        try:
+            cur = conn.execute(query)
+        except psycopg.Error as exc:
             raise PrerequisiteError(
-                f"{spec.display_name} is not populated, so its rows cannot be checked: refresh it first "
-                f"(mv-refresh refresh {spec.display_name})"
-            )
-        conn.execute("SELECT set_config('statement_timeout', %s, true)",
-                     (f"{int(spec.statement_timeout_seconds * 1000)}ms",))
-        target, cols, not_null = _grain_sql(spec)
-        duplicated = sql.SQL(
-            "SELECT {cols}, count(*) AS count_duplicates FROM {target} WHERE {not_null} "
-            "GROUP BY {cols} HAVING count(*) > 1"
-        ).format(cols=cols, target=target, not_null=not_null)
-        total, grains, extra = conn.execute(
-            sql.SQL("SELECT (SELECT count(*) FROM {target}), count(*), coalesce(sum(count_duplicates - 1), 0) "
-                    "FROM ({duplicated}) AS d").format(target=target, duplicated=duplicated)
-        ).fetchone()
-        top: list[dict[str, Any]] = []
-        if grains:
-            cur = conn.execute(
-                sql.SQL("{duplicated} ORDER BY count_duplicates DESC, {cols} LIMIT {limit}").format(
-                    duplicated=duplicated, cols=cols, limit=sql.Literal(limit))
-            )
-            names = [d.name for d in cur.description]
-            top = [dict(zip(names, row, strict=True)) for row in cur]
+                f"{spec.display_name}: its defining query (what the next refresh runs) could not be checked for "
+                f"duplicates [{exc.sqlstate}] {safe_message(exc)}; run prepare-concurrently as a role that may "
+                f"run the view's query (its owner), or raise statement_timeout_seconds for the view"
+            ) from None
+        names = [d.name for d in cur.description][3:]
+        rows = cur.fetchall()
+    total, grains, extra = rows[0][:3]
+    # Without duplicates the LEFT JOIN gives one row of NULLs: no worst grains to list.
+    top = [dict(zip(names, row[3:], strict=True)) for row in rows] if grains else []
     return DuplicateReport(spec.display_name, spec.grain, total, grains, int(extra), top)
 
 
@@ -200,9 +211,9 @@ def ensure_unique_index(
             action = "rebuilt"
         lock_s = spec.lock_timeout_seconds if lock_timeout is None else lock_timeout
         stmt_s = spec.statement_timeout_seconds if statement_timeout is None else statement_timeout
-        conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-                     (f"{int(lock_s * 1000)}ms", f"{int(stmt_s * 1000)}ms"))
-        target, cols, _ = _grain_sql(spec)
+        pg.set_timeouts(conn, lock=lock_s, statement=stmt_s)
+        target = sql.Identifier(spec.schema, spec.name)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.grain)
         statement = sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
             sql.Identifier(name), target, cols)
         say(f"{spec.display_name}: building {name} concurrently ...")
@@ -213,7 +224,9 @@ def ensure_unique_index(
             # A failed CREATE INDEX CONCURRENTLY leaves an INVALID index: never leave it for IF NOT EXISTS.
             if not conn.broken:
                 _drop_index(conn, spec, name)
-            hint = " (run the duplicate check: step 1)" if exc.sqlstate == "23505" else ""
+            hint = (" (duplicated grains in the view's stored rows: run the duplicate check, step 1; if it finds "
+                    "none, the stored rows predate a fix of the query: refresh the view, then run this again)"
+                    if exc.sqlstate == "23505" else "")
             raise PrerequisiteError(
                 f"{spec.display_name}: building {name} failed [{exc.sqlstate}] {safe_message(exc)}{hint}; "
                 f"the INVALID leftover was dropped"

@@ -176,28 +176,46 @@ SELECT pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE'),
        pg_catalog.has_table_privilege(c.oid, 'SELECT'),
        pg_catalog.has_table_privilege(c.oid, 'INSERT'),
        pg_catalog.has_table_privilege(c.oid, 'UPDATE'),
-       current_user
+       current_user,
+       coalesce((SELECT pg_catalog.has_table_privilege(m.oid, 'INSERT')
+                        AND pg_catalog.has_table_privilege(m.oid, 'UPDATE')
+                 FROM pg_catalog.pg_class AS m
+                 WHERE m.relnamespace = c.relnamespace AND m.relname = 'mv_catalog'), false)
 FROM pg_catalog.pg_class AS c
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = 'ops' AND c.relname = 'mv_refresh_log'
 """
 
 
-def missing_log_privileges(conn: psycopg.Connection) -> str | None:
-    """A message naming what the current role lacks to write ops.mv_refresh_log, or None.
+@dataclass(frozen=True)
+class LogAccess:
+    """What the current role may do with the ops schema's tables."""
 
-    None too when the log does not exist (the refresh then fails on it, saying to run init-db).
+    missing: str | None  # why the role cannot write the refresh log, with the fix; None when it can
+    can_mirror: bool  # it may keep ops.mv_catalog in step with the catalog file (INSERT, UPDATE)
+
+
+def log_access(conn: psycopg.Connection) -> LogAccess:
+    """Can the current role write ops.mv_refresh_log (and ops.mv_catalog)?
+
+    ``missing`` is None too when the log does not exist: the refresh then fails on it, saying to run init-db.
     """
     row = conn.execute(_LOG_PRIVILEGES).fetchone()
     if row is None:
-        return None
-    usage, select, insert, update, role = row
+        return LogAccess(None, False)
+    usage, select, insert, update, role, can_mirror = row
     missing = ["USAGE on schema ops"] if not usage else []
     missing += [f"{p} on ops.mv_refresh_log" for p, ok in (("SELECT", select), ("INSERT", insert),
                                                             ("UPDATE", update)) if not ok]
     if not missing:
-        return None
-    return (f"role {_role(role)} cannot write the refresh log (missing {', '.join(missing)}): as the owner of "
-            f"the ops schema, run `psql -f {SCRIPT} -v refresher={shlex.quote(role)} -v part=ops`, or "
-            f"GRANT USAGE ON SCHEMA ops TO {_role(role)}; "
-            f"GRANT SELECT, INSERT, UPDATE ON ops.mv_refresh_log TO {_role(role)}")
+        return LogAccess(None, bool(can_mirror and usage))
+    return LogAccess(
+        f"role {_role(role)} cannot write the refresh log (missing {', '.join(missing)}): as the owner of "
+        f"the ops schema, run `psql -f {SCRIPT} -v refresher={shlex.quote(role)} -v part=ops`, or "
+        f"GRANT USAGE ON SCHEMA ops TO {_role(role)}; "
+        f"GRANT SELECT, INSERT, UPDATE ON ops.mv_refresh_log TO {_role(role)}", False)
+
+
+def missing_log_privileges(conn: psycopg.Connection) -> str | None:
+    """A message naming what the current role lacks to write ops.mv_refresh_log, or None."""
+    return log_access(conn).missing

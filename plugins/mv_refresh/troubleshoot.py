@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from .catalog import Catalog, ViewRef, ViewSpec, format_qualified_name
-from .engine import ADVISORY_LOCK_CLASS, RELKIND_NAMES, _advisory_objid
+from .pg import ADVISORY_LOCK_CLASS, RELKIND_NAMES, advisory_locktag
 
 __all__ = [
     "LOCK_KIND_ADVISORY",
@@ -279,7 +279,7 @@ def lock_report(conn: psycopg.Connection, catalog: Catalog, view: ViewRef | None
         if conn.info.transaction_status == TransactionStatus.INTRANS:
             # pg_stat_activity is read once per transaction: inside the caller's one, read it afresh.
             conn.execute("SELECT pg_stat_clear_snapshot()")
-        objids = [_advisory_objid(conn, v)[1] for v in views]
+        objids = [advisory_locktag(conn, v.schema, v.name)[1] for v in views]
         waitstart = "l.waitstart" if conn.info.server_version >= 140000 else "NULL::timestamptz"
         query = sql.SQL(_LOCKS).format(
             waitstart=sql.SQL(waitstart),

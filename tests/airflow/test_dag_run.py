@@ -31,7 +31,8 @@ def test_full_run_refreshes_every_view_in_order_and_passes_health(demo_dsn, airf
     run = _dag().test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
-    assert states == {**{v.task_id: "success" for v in catalog.views}, "health_check": "success"}
+    assert states == {**{v.task_id: "success" for v in catalog.views}, "health_check": "success",
+                      "fail_run_if_any_task_failed": "skipped"}
     with connect(demo_dsn) as conn:
         rows = conn.execute(
             "SELECT mv_name, status, method, run_by, dag_id, task_id, rows_after_refresh, refresh_started_at,"
@@ -82,6 +83,93 @@ def test_a_failed_refresh_fails_the_run_and_spares_downstream(demo_dsn, airflow_
     with connect(demo_dsn) as conn:
         logged = conn.execute("SELECT mv_name, status FROM ops.mv_refresh_log ORDER BY id").fetchall()
     assert logged == [(v.name, "OK") for v in catalog.views[:2]] + [(third.name, "ERROR")]
+
+
+def _catalog_with(tmp_path, monkeypatch, edit) -> object:
+    """The project's catalog with ``edit(text)`` applied, as MV_REFRESH_CONFIG."""
+    from mv_refresh.paths import DEFAULT_CATALOG
+
+    custom = tmp_path / "catalog.yaml"
+    custom.write_text(edit(DEFAULT_CATALOG.read_text()))
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(custom))
+    return load_catalog()
+
+
+def test_a_catalog_view_missing_from_the_database_fails_the_run_and_shows_in_health(
+        demo_dsn, airflow_db, airflow_conn, monkeypatch, tmp_path):
+    airflow_conn(demo_dsn)
+    catalog = _catalog_with(tmp_path, monkeypatch,
+                            lambda text: text + "  - name: ops.mv_not_created_yet\n    description: typo'd\n")
+    missing = catalog.get("ops.mv_not_created_yet")
+    run = _dag().test()
+    states = _states(run)
+    assert run.state == "failed"
+    assert states[missing.task_id] == "failed"
+    assert all(states[v.task_id] == "success" for v in catalog.views if v is not missing)
+    with connect(demo_dsn) as conn:
+        from mv_refresh.health import read_health
+
+        [health] = read_health(conn, catalog, [missing])
+    assert (health.status_bucket, health.last_status) == ("NO_REFRESH", "ERROR")
+    assert "does not exist in the database" in health.last_error
+
+
+def test_a_failure_that_writes_no_log_row_still_fails_the_run(demo_dsn, airflow_db, airflow_conn, pg_server):
+    """A refresher whose INSERT on the log was revoked: every refresh is refused before it starts (no row),
+    the critical view is still fresh, so health_check passes; the run must fail all the same."""
+    import uuid
+
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    catalog = load_catalog()
+    role, password = f"mvr_ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with connect(demo_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA ops TO {0}; GRANT SELECT ON ops.mv_refresh_log, ops.mv_catalog"
+                             " TO {0}").format(sql.Identifier(role)))
+        conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, refresh_finished_at, refreshed_at)"
+                     " SELECT schema_name, mv_name, 'OK', clock_timestamp(), clock_timestamp() FROM ops.mv_catalog")
+    try:
+        params = conninfo_to_dict(demo_dsn)
+        params.update(user=role, password=password)
+        airflow_conn(make_conninfo(**params))
+        run = _dag().test()
+        states = _states(run)
+        assert states[catalog.views[0].task_id] == "failed"
+        assert states["health_check"] == "success"  # the views are fresh: health alone would say green
+        assert states["fail_run_if_any_task_failed"] == "failed"
+        assert run.state == "failed"
+        with connect(demo_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM ops.mv_refresh_log WHERE run_id = %s",
+                                (run.run_id,)).fetchone() == (0,)
+    finally:
+        with connect(demo_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_an_abandoned_running_row_does_not_mute_health_check(demo_dsn, airflow_db, airflow_conn, monkeypatch,
+                                                              tmp_path):
+    """A RUNNING row left by a killed refresh, a CRIT critical view and a failed upstream in the run: the
+    sensor judges at once (its backend is gone) instead of poking until its one-hour timeout."""
+    airflow_conn(demo_dsn)
+    catalog = _catalog_with(tmp_path, monkeypatch, lambda text: text.replace(
+        f"- name: {load_catalog().views[2].display_name}\n",
+        f"- name: {load_catalog().views[2].display_name}\n    mode: concurrently\n", 1))
+    critical = catalog.critical_views[0]
+    with connect(demo_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, refresh_started_at,"
+                     " refresh_finished_at, refreshed_at) VALUES (%s, %s, 'OK', now() - interval '50 hours',"
+                     " now() - interval '50 hours', now() - interval '50 hours')", critical.key)
+        conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, backend_pid, backend_start)"
+                     " VALUES (%s, %s, 'RUNNING', 2147483000, now() - interval '1 hour')", critical.key)
+    run = _dag().test()
+    states = _states(run)
+    assert run.state == "failed"
+    assert states[catalog.views[2].task_id] == "failed" and states[critical.task_id] == "upstream_failed"
+    assert states["health_check"] == "failed"
+    [health] = [ti for ti in run.get_task_instances() if ti.task_id == "health_check"]
+    assert (health.end_date - health.start_date).total_seconds() < 60  # judged at once, not after an hour
 
 
 CRITICAL = "ops.mv_yango_cabinet_claims_for_collection"
@@ -136,8 +224,9 @@ def test_health_audit_dag_passes_when_healthy_and_fails_naming_a_crit(demo_dsn, 
     dag = _dag("ops_mv_health_audit")
     run = dag.test()
     assert run.state == "success", _states(run)
+    assert _states(run) == {"audit": "success", "prune_log": "success"}  # the test's role may DELETE
     # A CRIT finding: the critical view emptied (WITH NO DATA) behind our back.
     with connect(demo_dsn, autocommit=True) as conn:
         conn.execute(f"REFRESH MATERIALIZED VIEW {CRITICAL} WITH NO DATA")
     run = dag.test()
-    assert run.state == "failed" and _states(run) == {"audit": "failed"}
+    assert run.state == "failed" and _states(run) == {"audit": "failed", "prune_log": "success"}

@@ -161,26 +161,54 @@ def test_sensor_passes_on_ok_and_ignores_non_critical_views(sensor_db):
     assert _sensor().poke(_context()) is True
 
 
+_RUNNING = ("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, backend_pid, backend_start, dag_id,"
+            " run_id) SELECT 'ops', 'critical_mv', 'RUNNING', pid, backend_start, %s, %s FROM pg_stat_activity"
+            " WHERE pid = %s RETURNING id")
+
+
 def test_sensor_keeps_poking_while_a_refresh_runs(sensor_db):
     from airflow.sdk.exceptions import AirflowFailException
 
     _log_ok(sensor_db, 30)
-    with connect(sensor_db, autocommit=True) as conn:
-        log_id = conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status) "
-                              "VALUES ('ops', 'critical_mv', 'RUNNING') RETURNING id").fetchone()[0]
+    with connect(sensor_db, autocommit=True) as conn, connect(sensor_db, autocommit=True) as refresher:
+        pid = refresher.info.backend_pid
+        log_id = conn.execute(_RUNNING, (None, None, pid)).fetchone()[0]
         assert _sensor().poke(_context()) is False
         # The refresh finishes OK: the next poke judges the finished state.
         conn.execute("UPDATE ops.mv_refresh_log SET status = 'OK', refresh_finished_at = clock_timestamp(),"
                      " refreshed_at = clock_timestamp(), rows_after_refresh = 9 WHERE id = %s", (log_id,))
         assert _sensor().poke(_context()) is True
         # ... or it fails: an older OK (30 h) is what is left: WARN.
-        conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status) VALUES ('ops', 'critical_mv', 'RUNNING')")
+        conn.execute(_RUNNING, (None, None, pid))
         assert _sensor().poke(_context()) is False
         conn.execute("DELETE FROM ops.mv_refresh_log WHERE id = %s", (log_id,))
         conn.execute("UPDATE ops.mv_refresh_log SET status = 'ERROR', refresh_finished_at = clock_timestamp(),"
                      " error_message = 'deadlock detected' WHERE status = 'RUNNING'")
     with pytest.raises(AirflowFailException, match="WARN.*deadlock detected"):
         _sensor().poke(_context())
+
+
+def test_a_dead_running_row_never_mutes_the_sensor(sensor_db):
+    """A refresh killed in this run (its backend is gone) leaves RUNNING: the sensor judges at once, naming
+    the abandoned refresh and the stale view, instead of poking until its timeout."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    _log_ok(sensor_db, 49)  # CRIT
+    with connect(sensor_db, autocommit=True) as conn:
+        with connect(sensor_db, autocommit=True) as doomed:
+            pid = doomed.info.backend_pid
+            conn.execute(_RUNNING, ("ops_mv_refresh", "run_1", pid))
+            assert _sensor().poke(_context(run_id="run_1")) is False  # alive: a refresh under way
+        # The refresh's session is gone (a killed worker, SIGKILL of the CLI).
+        from lab import wait_for
+
+        wait_for(lambda: conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)",
+                                      (pid,)).fetchone()[0], what="the backend to exit")
+    with pytest.raises(AirflowFailException) as info:
+        _sensor().poke(_context(run_id="run_1"))
+    message = str(info.value)
+    assert "ops.critical_mv is CRIT" in message
+    assert f"refresh of ops.critical_mv in this run ended ABANDONED: backend pid {pid}" in message
 
 
 def test_sensor_fails_when_a_refresh_of_its_run_failed(sensor_db):

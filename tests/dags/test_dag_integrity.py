@@ -46,7 +46,8 @@ def test_ops_mv_refresh_shape(dagbag):
     assert dag.catchup is False
     assert dag.timetable.expression == "0 * * * *"
     expected = [v.task_id for v in catalog.views]
-    assert [t.task_id for t in dag.topological_sort() if t.task_id != "health_check"] == expected
+    leaves = {"health_check", "fail_run_if_any_task_failed"}
+    assert [t.task_id for t in dag.topological_sort() if t.task_id not in leaves] == expected
     for view in catalog.views:
         task = dag.get_task(view.task_id)
         assert {u for u in task.upstream_task_ids} == {catalog.get(u).task_id for u in view.upstream}
@@ -54,6 +55,10 @@ def test_ops_mv_refresh_shape(dagbag):
     assert health.trigger_rule == "all_done"
     assert health.upstream_task_ids == set(expected)
     assert health.retries == 0
+    # A second leaf fails the run when any refresh task failed, even if health_check passes.
+    watcher = dag.get_task("fail_run_if_any_task_failed")
+    assert watcher.trigger_rule == "one_failed" and watcher.retries == 0
+    assert watcher.upstream_task_ids == set(expected)
     assert set(dag.params.keys()) >= {"views", "mode"}
 
 

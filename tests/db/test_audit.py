@@ -184,18 +184,25 @@ def test_suggested_commands_quote_a_name_for_the_shell(lab_dsn):
     assert finding.fix.startswith("""mv-refresh refresh 'lab."Weird MV"' """)
 
 
-def test_freshness_uses_the_synced_catalog_thresholds(lab_dsn):
-    synced = _catalog("""
+def test_freshness_uses_the_catalog_files_thresholds_and_says_when_the_mirror_differs(lab_dsn):
+    """The catalog file is the truth for the process that holds it; a stale ops.mv_catalog is pointed out."""
+    hourly = _catalog("""
   - name: lab.mv_conc
     warn_after_hours: 1
     crit_after_hours: 2
 """)
     with connect(lab_dsn) as conn:
-        sync_catalog(conn, synced)
+        sync_catalog(conn, hourly)
     _log(lab_dsn, "mv_conc", "OK", hours_ago=1.5)
-    finding = _only(run_audit(lab_dsn, _catalog("  - name: lab.mv_conc\n")), "freshness", "lab.mv_conc")
+    finding = _only(run_audit(lab_dsn, hourly), "freshness", "lab.mv_conc")
     assert finding.severity == "WARN"
     assert "WARN from 1 h, CRIT above 2 h" in finding.message and "init-db" not in finding.message
+    # The file now says 24/48 h, the mirror still 1/2 h: the file wins, and the audit says to sync.
+    assert _find(run_audit(lab_dsn, _catalog("  - name: lab.mv_conc\n")), "freshness") == []
+    _log(lab_dsn, "mv_conc", "OK", hours_ago=30)
+    _exec(lab_dsn, "DELETE FROM ops.mv_refresh_log WHERE refresh_finished_at > now() - interval '2 hours'")
+    stale = _only(run_audit(lab_dsn, _catalog("  - name: lab.mv_conc\n")), "freshness", "lab.mv_conc")
+    assert "WARN from 24 h, CRIT above 48 h" in stale.message and "`mv-refresh init-db` syncs it" in stale.message
 
 
 def test_a_failed_latest_refresh_is_warn_with_its_sqlstate(lab_dsn):

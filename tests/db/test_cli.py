@@ -181,3 +181,110 @@ def test_plan_validate_passes_on_the_demo(demo_dsn, monkeypatch, capsys):
     monkeypatch.delenv("MV_REFRESH_CONFIG", raising=False)
     assert main(["plan", "--validate", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["problems"] == []
+
+
+def test_refresh_all_refreshes_everything_it_can_and_reports_every_failure(lab_cli, capsys):
+    """A catalog view missing from the database, or not a materialized view, does not stop the others."""
+    assert main(["refresh", "--all", "--json"]) == 1
+    results = {r["view"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(results) == [v for v in ("lab.mv_conc", "lab.mv_noidx", "lab.mv_partial", "lab.mv_unpop",
+                                         "lab.mv_keyed", "lab.mv_slow", "lab.a_table", "lab.a_view",
+                                         "lab.mv_missing", 'lab."Weird MV"')]
+    failed = {name: (r["status"], r["error_sqlstate"]) for name, r in results.items() if r["status"] != "OK"}
+    assert failed == {"lab.a_table": ("ERROR", "42809"), "lab.a_view": ("ERROR", "42809"),
+                      "lab.mv_missing": ("ERROR", "42P01")}
+    # The view listed after the failures was still refreshed; every failure is in the log.
+    with connect(lab_cli) as conn:
+        logged = dict(conn.execute("SELECT mv_name, status FROM ops.mv_refresh_log").fetchall())
+    assert logged["Weird MV"] == "OK" and logged["mv_missing"] == "ERROR"
+
+
+def test_health_never_drops_a_view_the_mirror_does_not_know(lab_cli, capsys, tmp_path, monkeypatch):
+    """Catalog edited, init-db not re-run: `health` still judges every catalog view (the file's
+    thresholds) and says the mirror is out of step, instead of leaving the view out and exiting 0."""
+    from lab import LAB_CATALOG
+
+    _ok_rows(lab_cli, 1)  # every view in ops.mv_catalog is fresh
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(LAB_CATALOG + "  - name: lab.mv_new\n    critical: true\n")
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(edited))
+    assert main(["health"]) == 2
+    captured = capsys.readouterr()
+    assert "lab.mv_new *" in captured.out and "NO_REFRESH" in captured.out
+    assert "out of step" in captured.err and "lab.mv_new" in captured.err
+    assert main(["health", "lab.mv_new", "--json"]) == 2
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["mv_name"], row["status_bucket"], row["mirrored"]) == ("mv_new", "NO_REFRESH", False)
+    assert main(["health", "lab.mv_conc"]) == 0  # the views it knows are judged as before
+
+
+def test_every_refresh_keeps_its_row_of_the_mirror_in_step(lab_cli, tmp_path, monkeypatch):
+    from lab import LAB_CATALOG
+
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(LAB_CATALOG.replace("  - name: lab.mv_conc\n",
+                                          "  - name: lab.mv_conc\n    warn_after_hours: 2\n"
+                                          "    crit_after_hours: 3\n    critical: true\n"))
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(edited))
+    assert main(["refresh", "lab.mv_conc"]) == 0
+    with connect(lab_cli) as conn:
+        row = conn.execute("SELECT is_critical, warn_after_hours, crit_after_hours FROM ops.mv_catalog"
+                           " WHERE mv_name = 'mv_conc'").fetchone()
+    assert row == (True, 2, 3)
+
+
+def test_log_prune_keeps_what_health_needs(lab_cli, capsys):
+    with connect(lab_cli, autocommit=True) as conn:
+        def log(view: str, status: str, days_ago: float) -> int:
+            return conn.execute(
+                "INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, refresh_started_at,"
+                " refresh_finished_at, refreshed_at) SELECT 'lab', %s, %s, t, t, CASE WHEN %s = 'OK' THEN t END"
+                " FROM (SELECT now() - %s * interval '1 day' AS t) AS x RETURNING id",
+                (view, status, status, days_ago)).fetchone()[0]
+
+        old = [log("mv_conc", "OK", 100 - i) for i in range(5)]
+        newest_ok = log("mv_conc", "OK", 60)  # old, but the view's newest OK: health's "last OK refresh"
+        newest_outcome = log("mv_conc", "ERROR", 50)  # old, but the view's latest outcome
+        only_ok_of_other = log("mv_noidx", "OK", 200)
+        superseded = log("mv_partial", "OK", 40)
+        recent = log("mv_partial", "OK", 1)
+        running = conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, refresh_started_at)"
+                               " VALUES ('lab', 'mv_slow', 'RUNNING', now() - interval '300 days') RETURNING id"
+                               ).fetchone()[0]
+        health = ("SELECT mv_name, last_ok_refresh_finished_at, status_bucket, last_status, last_error,"
+                  " rows_after_refresh FROM ops.v_mv_health ORDER BY position")
+        before = conn.execute(health).fetchall()
+        assert main(["log", "prune", "--keep-days", "30", "--batch-size", "2", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        left = {row[0] for row in conn.execute("SELECT id FROM ops.mv_refresh_log")}
+        after = conn.execute(health).fetchall()
+    assert report["deleted"] == len(old) + 1 and report["kept_protected"] == 3
+    assert left == {newest_ok, newest_outcome, only_ok_of_other, recent, running}
+    assert superseded not in left
+    assert after == before  # health reads the same before and after
+    with pytest.raises(SystemExit) as usage:  # argparse refuses it before any SQL
+        main(["log", "prune", "--keep-days", "0"])
+    assert usage.value.code == 2
+
+
+def test_log_prune_refuses_a_role_without_delete(lab_cli, capsys, monkeypatch):
+    import uuid
+
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    role, password = f"mvr_nodel_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with connect(lab_cli, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA ops TO {0}; GRANT SELECT, INSERT, UPDATE ON ops.mv_refresh_log"
+                             " TO {0}").format(sql.Identifier(role)))
+    try:
+        params = conninfo_to_dict(lab_cli)
+        params.update(user=role, password=password)
+        monkeypatch.setenv("MV_REFRESH_DSN", make_conninfo(**params))
+        assert main(["log", "prune", "--keep-days", "30"]) == 1
+        err = capsys.readouterr().err
+        assert f'role "{role}" may not delete rows of ops.mv_refresh_log' in err and "-v maintainer=" in err
+    finally:
+        with connect(lab_cli, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))

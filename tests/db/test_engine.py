@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from lab import refresh_in_thread, scalar, set_sleep, wait_for
 
-from mv_refresh.catalog import CatalogError
+from mv_refresh.catalog import CatalogError, parse_catalog
 from mv_refresh.db import connect
 from mv_refresh.engine import RefreshFailed, RefreshRefused, RunContext, is_retryable, refresh_view
 
@@ -117,7 +117,9 @@ def test_lock_timeout_names_the_blocking_session(lab_dsn, lab):
     [row] = _log(lab_dsn)
     assert row["status"] == "ERROR" and row["error_sqlstate"] == "55P03"
     assert f"pid {holder_pid}" in row["error_message"]
-    assert "monthly report" in row["error_message"]
+    # Who blocked, in which lock mode, doing what (state) since when; never their SQL text.
+    assert "AccessShareLock" in row["error_message"] and "idle in transaction since" in row["error_message"]
+    assert "monthly report" not in row["error_message"]
 
 
 def test_terminated_backend_still_gets_an_error_row(lab_dsn, lab):
@@ -192,6 +194,39 @@ def test_a_refresh_that_waits_too_long_is_skipped_naming_the_holder(lab_dsn, lab
     statuses = sorted(r["status"] for r in _log(lab_dsn))
     assert statuses == ["OK", "SKIPPED"]
     assert first_out["result"].status == "OK"
+    # The SKIPPED row was written while the holder refreshed, so it started last; the holder's OK finished
+    # last. The latest outcome wins: health and the audit see a fresh view with nothing wrong.
+    from mv_refresh.audit import run_audit
+
+    with connect(lab_dsn) as conn:
+        health = conn.execute("SELECT status_bucket, last_status, last_error FROM ops.mv_health_of('lab', 'mv_slow')"
+                              ).fetchone()
+    assert health == ("OK", "OK", None)
+    audit = run_audit(lab_dsn, lab)
+    assert [f for f in audit.findings if f.view == "lab.mv_slow"] == []
+
+
+def test_an_invalid_leftover_index_that_fails_a_plain_refresh_is_named_with_its_fix(lab_dsn, lab):
+    """A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an INVALID index; a plain refresh rebuilds every index,
+    so once the new data holds duplicates it fails 23505 on that leftover. The error says so."""
+    with connect(lab_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE lab.dup_src (k integer)")
+        conn.execute("INSERT INTO lab.dup_src VALUES (1), (2)")
+        conn.execute("CREATE MATERIALIZED VIEW lab.mv_dup AS SELECT k FROM lab.dup_src")
+        conn.execute("INSERT INTO lab.dup_src VALUES (2)")
+        conn.execute("REFRESH MATERIALIZED VIEW lab.mv_dup")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ux_dup ON lab.mv_dup (k)")
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'lab.ux_dup'::regclass"
+                            ).fetchone() == (False,)
+    catalog = parse_catalog("version: 1\nviews:\n  - name: lab.mv_dup\n", source="t")
+    with pytest.raises(RefreshFailed) as info:
+        refresh_view(lab_dsn, catalog, "lab.mv_dup")
+    message = info.value.result.error_message
+    assert info.value.result.error_sqlstate == "23505" and not info.value.retryable
+    assert "lab.ux_dup is an INVALID leftover of a failed CREATE INDEX CONCURRENTLY" in message
+    assert "DROP INDEX CONCURRENTLY lab.ux_dup" in message
+    assert scalar(lab_dsn, "SELECT count(*) FROM lab.mv_dup") == 3  # the old data is still readable
 
 
 def test_abandoned_running_rows_are_reaped_by_backend_not_by_age(lab_dsn, lab):
@@ -232,15 +267,24 @@ def test_bad_or_unknown_names_are_refused_before_any_sql(lab_dsn, lab, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "message"),
-    [("lab.a_table", "is a table, not a materialized view"),
-     ("lab.a_view", "is a view, not a materialized view"),
-     ("lab.mv_missing", "does not exist")],
+    ("name", "message", "sqlstate"),
+    [("lab.a_table", "is a table, not a materialized view", "42809"),
+     ("lab.a_view", "is a view, not a materialized view", "42809"),
+     ("lab.mv_missing", "does not exist in the database", "42P01")],
 )
-def test_catalog_entries_that_are_not_materialized_views_are_refused(lab_dsn, lab, name, message):
-    with pytest.raises(RefreshRefused, match=message):
+def test_catalog_entries_that_cannot_be_refreshed_fail_with_an_error_row(lab_dsn, lab, name, message, sqlstate):
+    """In the catalog but not a refreshable view in the database: an operational failure health must show
+    (unlike a name outside the catalog, refused with no row); never retried; no refresh SQL runs."""
+    with pytest.raises(RefreshFailed, match=message) as info:
         refresh_view(lab_dsn, lab, name)
-    assert _log(lab_dsn) == []
+    assert not info.value.retryable
+    [row] = _log(lab_dsn)
+    assert (row["status"], row["error_sqlstate"], row["method"]) == ("ERROR", sqlstate, None)
+    assert message in row["error_message"] and "lab catalog, line" in row["error_message"]
+    with connect(lab_dsn) as conn:
+        health = conn.execute("SELECT status_bucket, last_status, last_error FROM ops.mv_health_of(%s, %s)",
+                              lab.get(name).key).fetchone()
+    assert health[:2] == ("NO_REFRESH", "ERROR") and message in health[2]
 
 
 def test_a_quoted_name_works(lab_dsn, lab):

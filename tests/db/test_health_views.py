@@ -71,14 +71,75 @@ def test_an_ok_after_an_error_clears_last_error(conn):
     assert _yango(conn)[2:] == ("OK", "OK", None, 5)
 
 
-def test_running_and_skipped_rows_never_count_as_fresh(conn):
+def _running(conn, *, pid_of=None, gone: bool = False) -> int:
+    """A RUNNING row whose backend is ``pid_of``'s session (alive) or a backend that no longer exists."""
+    if gone:
+        return conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, backend_pid,"
+                            " backend_start) VALUES ('ops', %s, 'RUNNING', 2147483000, now()) RETURNING id",
+                            (YANGO,)).fetchone()[0]
+    return conn.execute(
+        "INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, backend_pid, backend_start) "
+        "SELECT 'ops', %s, 'RUNNING', pid, backend_start FROM pg_stat_activity WHERE pid = %s RETURNING id",
+        (YANGO, pid_of.info.backend_pid)).fetchone()[0]
+
+
+def test_running_and_skipped_rows_never_count_as_fresh(conn, ops_dsn):
+    from mv_refresh.db import connect
+
     _log(conn, "OK", hours_ago=50)
-    conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status) VALUES ('ops', %s, 'RUNNING')",
-                 (YANGO,))
-    assert _yango(conn)[2:4] == ("CRIT", "RUNNING")
-    # A SKIPPED attempt that started (5 s ago) before the RUNNING one: the RUNNING row stays the latest.
-    _log(conn, "SKIPPED", hours_ago=0, error="another refresh held it")
-    assert _yango(conn)[2:5] == ("CRIT", "RUNNING", "another refresh held it")
+    with connect(ops_dsn, autocommit=True) as refresher:
+        _running(conn, pid_of=refresher)
+        assert _yango(conn)[2:4] == ("CRIT", "RUNNING")
+        # A SKIPPED attempt while that refresh runs: the live refresh stays the latest state.
+        _log(conn, "SKIPPED", hours_ago=0, error="another refresh held it")
+        assert _yango(conn)[2:5] == ("CRIT", "RUNNING", "another refresh held it")
+
+
+def test_a_running_row_whose_backend_is_gone_is_abandoned_not_running(conn):
+    """A killed refresh (SIGKILL, a lost worker) leaves RUNNING behind: health judges it by its backend."""
+    _log(conn, "OK", hours_ago=50)
+    _running(conn, gone=True)
+    _, _, bucket, last_status, last_error, _ = _yango(conn)
+    assert (bucket, last_status) == ("CRIT", "ABANDONED")
+    assert "backend pid 2147483000" in last_error and "is gone" in last_error
+
+
+def test_the_latest_outcome_wins_over_a_skipped_row_written_earlier(conn, ops_dsn):
+    """SKIPPED is written while the lock holder still refreshes; when the holder then finishes OK, the view is
+    fresh and its last status is OK, with no error."""
+    from mv_refresh.db import connect
+
+    _log(conn, "OK", hours_ago=30)
+    with connect(ops_dsn, autocommit=True) as refresher:
+        holder = _running(conn, pid_of=refresher)
+        _log(conn, "SKIPPED", hours_ago=0, error="another refresh of this view held it")
+        conn.execute("UPDATE ops.mv_refresh_log SET status = 'OK', refresh_finished_at = clock_timestamp(),"
+                     " refreshed_at = clock_timestamp(), rows_after_refresh = 3 WHERE id = %s", (holder,))
+    assert _yango(conn)[2:] == ("OK", "OK", None, 3)
+
+
+@pytest.mark.parametrize(("hours", "bucket", "shown"), [
+    (23.9999, "OK", "23.99"),      # rounding would show 24.00 beside OK
+    (24.0001, "WARN", "24.00"),
+    (47.9999, "WARN", "48.00"),
+    (48.0001, "CRIT", "48.01"),    # rounding would show 48.00, which reads as WARN
+    (50.004, "CRIT", "50.00"),
+    (12.345, "OK", "12.35"),
+])
+def test_hours_never_contradict_the_bucket(conn, hours, bucket, shown):
+    conn.execute("INSERT INTO ops.mv_refresh_log (schema_name, mv_name, status, refresh_started_at,"
+                 " refresh_finished_at, refreshed_at) SELECT 'ops', %s, 'OK', t, t, t"
+                 " FROM (SELECT now() - %s * interval '1 hour' AS t) AS x", (YANGO, hours))
+    # One transaction: now() is the same instant for the insert and the read.
+    conn.execute("BEGIN")
+    try:
+        conn.execute("UPDATE ops.mv_refresh_log SET refresh_finished_at = now() - %s * interval '1 hour'",
+                     (hours,))
+        got = conn.execute("SELECT hours_since_ok_refresh, status_bucket FROM ops.v_yango_cabinet_claims_mv_health"
+                           ).fetchone()
+    finally:
+        conn.execute("ROLLBACK")
+    assert (f"{got[0]:.2f}", got[1]) == (shown, bucket)
 
 
 def test_per_view_thresholds_from_the_catalog(conn):

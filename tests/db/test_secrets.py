@@ -382,3 +382,54 @@ def test_sensor_exceptions_carry_no_password_or_row_data(case, lab_db, lab, monk
     for text, what in ((exception_text(info.value), "the sensor's exception"),
                        (all_logs.text + captured.out + captured.err, "the task log")):
         assert_clean(text, row_data=True, what=what)
+
+
+@pytest_airflow
+def test_a_blocking_sessions_sql_never_reaches_the_log_health_cli_or_alert(lab_db, monkeypatch, all_logs, capsys):
+    """The session that blocks a refresh last ran ``ALTER ROLE ... PASSWORD '...'``: who it is, its lock mode,
+    state and since when are reported; its SQL text is stored and shown nowhere."""
+    from airflow.sdk.exceptions import AirflowException
+
+    from mv_refresh.airflow.alerts import RefreshFailureNotifier
+    from mv_refresh.airflow.operators import MaterializedViewRefreshOperator
+
+    secret = f"PwdInQuery-{uuid.uuid4().hex[:8]}"
+    role = f"mvr_secret_{uuid.uuid4().hex[:8]}"
+    with connect(lab_db, autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE ROLE {}").format(psycopg.sql.Identifier(role)))
+    try:
+        with connect(lab_db) as blocker:
+            blocker.execute("SELECT count(*) FROM lab.mv_conc")  # ACCESS SHARE, held by the open transaction
+            blocker.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                psycopg.sql.Identifier(role), psycopg.sql.Literal(secret)))
+            with connect(lab_db) as probe:  # the text is there for anyone allowed to look ...
+                assert secret in probe.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
+                                               (blocker.info.backend_pid,)).fetchone()[0]
+            monkeypatch.setenv("MV_REFRESH_DSN", lab_db)
+            assert main(["refresh", "lab.mv_conc", "--mode", "plain", "--lock-timeout", "0.3"]) == 1
+            _point_airflow_at(monkeypatch, with_password(lab_db))
+            with pytest.raises(AirflowException) as info:
+                MaterializedViewRefreshOperator(task_id="refresh_x", view="lab.mv_conc", mode="plain",
+                                                lock_timeout=0.3).execute(_context())
+            blocker.rollback()
+        _subject, alert = RefreshFailureNotifier.describe({"ti": SimpleNamespace(
+            dag_id="ops_mv_refresh", task_id="refresh_x", run_id="r", log_url=None), "exception": info.value})
+        health_main = main(["health", "lab.mv_conc"])
+        captured = capsys.readouterr()
+        with connect(lab_db) as conn:
+            health = conn.execute("SELECT row_to_json(h)::text FROM ops.v_mv_health AS h").fetchall()
+        shown = {
+            "ops.mv_refresh_log": log_table_text(lab_db),
+            "ops.v_mv_health": "\n".join(r[0] for r in health),
+            "the CLI": captured.out + captured.err,
+            "the alert": alert,
+            "the task log": all_logs.text,
+        }
+        assert health_main == 2 and "55P03" in shown["ops.mv_refresh_log"]
+        assert "AccessShareLock" in shown["ops.mv_refresh_log"] and "AccessShareLock" in shown["the alert"]
+        for where, text in shown.items():
+            assert secret not in text, f"another session's SQL text in {where}"
+            assert "ALTER ROLE" not in text, f"another session's SQL text in {where}"
+    finally:
+        with connect(lab_db, autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))

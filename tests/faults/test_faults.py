@@ -58,8 +58,8 @@ def test_killed_worker_backend_goes_on_and_nothing_runs_twice(lab_files, lab):
     # The backend goes on without its client: health still says RUNNING, not OK and not ERROR.
     assert scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 1
     with connect(dsn) as conn:
-        conn.execute("INSERT INTO ops.mv_catalog (schema_name, mv_name, position) VALUES ('lab', 'mv_slow', 0)")
-        conn.commit()
+        # The refresh wrote its view's row of ops.mv_catalog (the mirror health readers use) first.
+        assert conn.execute("SELECT count(*) FROM ops.mv_catalog WHERE mv_name = 'mv_slow'").fetchone() == (1,)
         assert conn.execute("SELECT last_status FROM ops.v_mv_health WHERE mv_name = 'mv_slow'").fetchone() == (
             "RUNNING",)
     # A new refresh waits for the orphaned backend (advisory lock) instead of running beside it ...
@@ -229,7 +229,9 @@ def test_deadlocked_task_is_retried_by_airflow(lab_dsn, airflow_db, airflow_conn
     def close_the_cycle():
         wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                            " AND application_name LIKE 'mv-refresh refresh%%'"),
-                  what="the task's refresh waiting")
+                  # dag.test() takes a while to start the task on a busy machine; the refresh then waits
+                  # up to its lock timeout (10 s) for the cycle to close, which this thread does at once.
+                  timeout=120, what="the task's refresh waiting")
         other.execute("SELECT count(*) FROM lab.mv_conc")  # waits for the refresh: a cycle
         other.rollback()
 

@@ -5,11 +5,14 @@
 -- Usage (psql 10+, against the database of the ops schema):
 --
 --   psql -X -d <database> -f include/sql/ops/least_privilege.sql \
---        -v refresher=airflow_mv [-v reader=ops_reader] [-v views='ops.mv_a,ops.mv_b'] [-v method=auto]
+--        -v refresher=airflow_mv [-v reader=ops_reader] [-v maintainer=mv_maintainer]
+--        [-v views='ops.mv_a,ops.mv_b'] [-v method=auto]
 --
 --   refresher  required: the refreshing role. This script creates no role (CREATE ROLE needs CREATEROLE):
 --              CREATE ROLE airflow_mv LOGIN PASSWORD '...';  -- never a superuser, never the views' owner
 --   reader     optional: a role that may read ops.mv_refresh_log, ops.mv_catalog and the health views.
+--   maintainer optional: a role that may also DELETE old rows of the log (`mv-refresh log prune`, run by the
+--              ops_mv_health_audit DAG through its own connection). The refresher never gets DELETE.
 --   views      optional: comma-separated schema.name list (quote as in SQL: lab."Weird MV");
 --              default: the materialized views listed in ops.mv_catalog (as `mv-refresh init-db` synced
 --              them from include/mv_refresh.yaml).
@@ -22,9 +25,11 @@
 --
 --   Part 1, as the owner of the ops tables (the role that ran `mv-refresh init-db`):
 --     refresher: USAGE on schema ops; SELECT, INSERT, UPDATE on ops.mv_refresh_log (the identity column
---                needs no sequence grant); SELECT on ops.mv_catalog and the health views; EXECUTE on
+--                needs no sequence grant); SELECT, INSERT, UPDATE on ops.mv_catalog (every refresh keeps its
+--                view's row in step with the catalog file); SELECT on the health views; EXECUTE on
 --                ops.mv_health_of (the health views call it with the caller's rights).
---     reader:    the same without INSERT and UPDATE.
+--     reader:    SELECT on the log, ops.mv_catalog and the health views; EXECUTE on ops.mv_health_of.
+--     maintainer: the reader's grants plus DELETE on ops.mv_refresh_log.
 --   Part 2, as the owner of the views:
 --     maintain:  GRANT MAINTAIN, SELECT ON <each view> TO refresher (+ USAGE on the views' schemas).
 --     function:  creates, owned by you, the allow-list table ops.mv_refresh_allowlist and the SECURITY
@@ -52,6 +57,10 @@ SET client_min_messages = warning;
 \else
     \set reader ''
 \endif
+\if :{?maintainer}
+\else
+    \set maintainer ''
+\endif
 \if :{?views}
 \else
     \set views ''
@@ -68,6 +77,7 @@ SET client_min_messages = warning;
 -- The variables, as settings the DO blocks below can read (psql does not expand :vars inside $$ bodies).
 SET mv_refresh.refresher = :'refresher';
 SET mv_refresh.reader = :'reader';
+SET mv_refresh.maintainer = :'maintainer';
 SET mv_refresh.views = :'views';
 SET mv_refresh.method = :'method';
 SET mv_refresh.part = :'part';
@@ -76,6 +86,7 @@ DO $check$
 DECLARE
     refresher text := current_setting('mv_refresh.refresher');
     reader    text := current_setting('mv_refresh.reader');
+    maintainer text := current_setting('mv_refresh.maintainer');
     method    text := current_setting('mv_refresh.method');
     part      text := current_setting('mv_refresh.part');
 BEGIN
@@ -85,6 +96,12 @@ BEGIN
     END IF;
     IF reader <> '' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = reader) THEN
         RAISE EXCEPTION 'role "%" does not exist', reader;
+    END IF;
+    IF maintainer <> '' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = maintainer) THEN
+        RAISE EXCEPTION 'role "%" does not exist', maintainer;
+    END IF;
+    IF maintainer <> '' AND maintainer = refresher THEN
+        RAISE EXCEPTION 'the maintainer must not be the refresher "%": the refreshing role must not be able to erase the log it writes', refresher;
     END IF;
     IF refresher = current_user THEN
         RAISE EXCEPTION 'run this as the owner of the ops tables or of the views, not as the refresher "%"', refresher;
@@ -134,8 +151,9 @@ SELECT :'chosen_method' = 'maintain' AS use_maintain, :'chosen_method' = 'functi
     SELECT format(statement, :'refresher')
     FROM (VALUES (1, 'GRANT USAGE ON SCHEMA ops TO %I'),
                  (2, 'GRANT SELECT, INSERT, UPDATE ON TABLE ops.mv_refresh_log TO %I'),
-                 (3, 'GRANT SELECT ON TABLE ops.mv_catalog, ops.v_mv_health, ops.v_yango_cabinet_claims_mv_health TO %I'),
-                 (4, 'GRANT EXECUTE ON FUNCTION ops.mv_health_of(text, text, numeric, numeric) TO %I')
+                 (3, 'GRANT SELECT, INSERT, UPDATE ON TABLE ops.mv_catalog TO %I'),
+                 (4, 'GRANT SELECT ON TABLE ops.v_mv_health, ops.v_yango_cabinet_claims_mv_health TO %I'),
+                 (5, 'GRANT EXECUTE ON FUNCTION ops.mv_health_of(text, text, numeric, numeric) TO %I')
          ) AS grants (step, statement)
     ORDER BY step
     \gexec
@@ -147,6 +165,19 @@ SELECT :'chosen_method' = 'maintain' AS use_maintain, :'chosen_method' = 'functi
         FROM (VALUES (1, 'GRANT USAGE ON SCHEMA ops TO %I'),
                      (2, 'GRANT SELECT ON TABLE ops.mv_refresh_log, ops.mv_catalog, ops.v_mv_health, ops.v_yango_cabinet_claims_mv_health TO %I'),
                      (3, 'GRANT EXECUTE ON FUNCTION ops.mv_health_of(text, text, numeric, numeric) TO %I')
+             ) AS grants (step, statement)
+        ORDER BY step
+        \gexec
+    \endif
+    SELECT :'maintainer' <> '' AS have_maintainer
+    \gset
+    \if :have_maintainer
+        \echo 'Part 1: read and prune grants on the ops schema to' :"maintainer"
+        SELECT format(statement, :'maintainer')
+        FROM (VALUES (1, 'GRANT USAGE ON SCHEMA ops TO %I'),
+                     (2, 'GRANT SELECT, DELETE ON TABLE ops.mv_refresh_log TO %I'),
+                     (3, 'GRANT SELECT ON TABLE ops.mv_catalog, ops.v_mv_health, ops.v_yango_cabinet_claims_mv_health TO %I'),
+                     (4, 'GRANT EXECUTE ON FUNCTION ops.mv_health_of(text, text, numeric, numeric) TO %I')
              ) AS grants (step, statement)
         ORDER BY step
         \gexec
@@ -383,6 +414,7 @@ DROP TABLE pg_temp.mvr_views;
 
 RESET mv_refresh.refresher;
 RESET mv_refresh.reader;
+RESET mv_refresh.maintainer;
 RESET mv_refresh.views;
 RESET mv_refresh.method;
 RESET mv_refresh.part;

@@ -2,9 +2,10 @@
 
 OK -> success. WARN, CRIT or NO_REFRESH -> ``AirflowFailException`` at once (never retried: waiting does
 not make a view fresher), with the bucket, the hours and the last error. While a refresh of a checked
-view is RUNNING it keeps poking (reschedule mode frees the worker slot between pokes). A database it
-cannot reach is an error, never an OK. When the run it belongs to had refreshes that did not end OK, it
-fails too, so that the DAG run fails and Airflow's alerting fires even though the sensor is the leaf.
+view is RUNNING *and its backend is alive* it keeps poking (reschedule mode frees the worker slot between
+pokes); a RUNNING row whose backend is gone is an abandoned refresh, judged at once. A database it cannot
+reach is an error, never an OK. When the run it belongs to had refreshes that did not end OK, it fails
+too, naming them. Every poke logs the views it checked as a small table.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-_FAILED_IN_RUN = """
-SELECT DISTINCT ON (schema_name, mv_name) schema_name, mv_name, status, error_sqlstate, error_message
+# The newest row of each view written by this DAG run, with its liveness when it is RUNNING.
+_OUTCOMES_OF_RUN = """
+SELECT DISTINCT ON (schema_name, mv_name) schema_name, mv_name, status, error_sqlstate, error_message,
+       CASE WHEN status = 'RUNNING' THEN ops.mv_refresh_backend_gone(backend_pid, backend_start) END
 FROM ops.mv_refresh_log
 WHERE dag_id = %s AND run_id = %s
 ORDER BY schema_name, mv_name, refresh_started_at DESC, id DESC
@@ -54,7 +57,7 @@ class MaterializedViewHealthSensor(BaseSensorOperator):
         self.check_run = check_run
 
     def poke(self, context: Any) -> bool:
-        from mv_refresh.catalog import CatalogError, load_catalog
+        from mv_refresh.catalog import CatalogError, format_qualified_name, load_catalog
         from mv_refresh.db import connect
         from mv_refresh.health import read_health
 
@@ -74,38 +77,44 @@ class MaterializedViewHealthSensor(BaseSensorOperator):
         with connect(dsn, purpose="health sensor") as conn:
             rows = read_health(conn, catalog, specs)
             ti = context["ti"]
-            failed_in_run = (
-                [r for r in conn.execute(_FAILED_IN_RUN, (ti.dag_id, ti.run_id)) if r[2] != "OK"]
-                if self.check_run else []
-            )
+            of_run = conn.execute(_OUTCOMES_OF_RUN, (ti.dag_id, ti.run_id)).fetchall() if self.check_run else []
+        self._log_table(rows)
 
-        missing = {s.key for s in specs} - {(r.schema_name, r.mv_name) for r in rows}
-        if missing:
-            raise AirflowFailException(
-                "no health row for " + ", ".join(catalog.get(k).display_name for k in sorted(missing))
-                + ": run `mv-refresh init-db` so the database knows the catalog"
-            )
-        running = [r for r in rows if r.last_status == "RUNNING"]
-        if running:
-            self.log.info("waiting: a refresh is running for %s", ", ".join(r.display_name for r in running))
+        running = [r for r in rows if r.refreshing]
+        running_in_run = [(s, n) for s, n, status, _state, _msg, gone in of_run if status == "RUNNING" and gone is None]
+        if running or running_in_run:
+            waiting = [r.display_name for r in running] + [format_qualified_name(*key) for key in running_in_run]
+            self.log.info("waiting: a refresh is running for %s", ", ".join(dict.fromkeys(waiting)))
             return False
-        for r in rows:
-            self.log.info("%s: %s (%s h since the last OK refresh, %s rows)", r.display_name,
-                          r.status_bucket, r.hours_since_ok_refresh, r.rows_after_refresh)
-        bad = [r for r in rows if r.status_bucket != "OK"]
         problems = [
             f"{r.display_name} is {r.status_bucket}"
             + (f" ({r.hours_since_ok_refresh} h since the last OK refresh"
                f"; warn at {r.warn_after_hours} h, crit above {r.crit_after_hours} h)"
                if r.hours_since_ok_refresh is not None else " (never refreshed OK)")
             + (f"; last error: {r.last_error}" if r.last_error else "")
-            for r in bad
+            for r in rows if r.status_bucket != "OK"
         ]
-        problems += [
-            f"refresh of {schema}.{name} in this run ended {status}"
-            + (f" [{state}]" if state else "") + (f": {message}" if message else "")
-            for schema, name, status, state, message in failed_in_run
-        ]
+        for schema, name, status, state, message, gone in of_run:
+            if status == "OK":
+                continue
+            if status == "RUNNING":  # its backend is gone: the refresh was abandoned (a killed worker)
+                status, state, message = "ABANDONED", None, gone
+            problems.append(f"refresh of {format_qualified_name(schema, name)} in this run ended {status}"
+                            + (f" [{state}]" if state else "") + (f": {message}" if message else ""))
         if problems:
             raise AirflowFailException("; ".join(problems))
         return True
+
+    def _log_table(self, rows) -> None:
+        """The checked views as a small table in the task log (what a person reads after an alert)."""
+        header = ("view", "bucket", "hours_since_ok", "last_status", "rows", "last_error")
+        cells = [header] + [
+            (r.display_name, r.status_bucket, "-" if r.hours_since_ok_refresh is None else str(r.hours_since_ok_refresh),
+             r.last_status or "-", "-" if r.rows_after_refresh is None else f"{r.rows_after_refresh:,}",
+             (r.last_error or "-")[:80])
+            for r in rows
+        ]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                 for row in cells]
+        self.log.info("health of the checked views:\n%s", "\n".join(lines))
