@@ -33,8 +33,12 @@ otherwise, with the reason logged), the row count, then `OK` or `ERROR`.
 * `fail_run_if_any_task_failed` fails the run whenever any refresh task failed, whatever the reason
   (even one that wrote no log row): a DAG run is only as green as its worst task.
 
+* A view whose sources provably did not change since its last refresh (change tracking:
+  `mv-refresh track install`) is not refreshed: its task logs `OK` with method `UNCHANGED` in
+  milliseconds, and health counts it as a fresh refresh.
+
 **Trigger params**: `views` to refresh a subset (others are skipped); `mode` to force `plain` or
-`concurrently` for this run.
+`concurrently` for this run; `force` to refresh even unchanged views.
 
 Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
 """  # noqa: S608 - Markdown for the UI, not a query
@@ -67,6 +71,12 @@ Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
             title="Views to refresh",
             description="Leave empty to refresh every view; pick some to refresh only those (the others skip).",
         ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Refresh even if unchanged",
+            description="Run REFRESH even for views that change tracking proves unchanged (else logged UNCHANGED).",
+        ),
         "mode": Param(
             "catalog",
             type="string",
@@ -84,6 +94,7 @@ def ops_mv_refresh():
             view=spec.display_name,
             mode="{{ params.mode }}",
             only_views="{{ params.views }}",
+            force="{{ params.force }}",
             # Skipped upstreams (a subset run) do not block; a failed one does (stale input).
             trigger_rule="none_failed",
             execution_timeout=timedelta(seconds=spec.statement_timeout_seconds + spec.lock_timeout_seconds + 300),

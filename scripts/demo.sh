@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the main job, end to end, on the embedded PostgreSQL unless MV_REFRESH_DSN names a database.
 #   1. start (or reuse) the embedded PostgreSQL under .demo/pg
-#   2. apply the ops schema (mv-refresh init-db) and load the demo warehouse (once per scale)
+#   2. apply the ops schema (mv-refresh init-db), load the demo warehouse (once per scale), and track its
+#      sources, so that a second `make demo` with no change logs every view UNCHANGED
 #   3. run the ops_mv_refresh DAG in-process with `airflow dags test` (SQLite metadata under .demo/)
 #   4. print the health table
 set -euo pipefail
@@ -27,6 +28,9 @@ step "ops schema (mv-refresh init-db)"
 
 step "demo warehouse (${DEMO_DRIVERS:-default} drivers)"
 "$BIN/mv-refresh" demo-load --if-needed ${DEMO_DRIVERS:+--drivers "$DEMO_DRIVERS"}
+
+step "change tracking on the warehouse's sources (mv-refresh track install --all)"
+"$BIN/mv-refresh" track install --all
 
 # shellcheck source=scripts/airflow-env.sh
 source "$ROOT/scripts/airflow-env.sh"

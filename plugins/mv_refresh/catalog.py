@@ -402,6 +402,7 @@ class ViewSpec:
     crit_after_hours: float = 48.0
     lock_timeout_seconds: float = 60.0
     statement_timeout_seconds: float = 3600.0
+    on_unchanged: str = "skip"
     position: int = 0
     line: int = 0
 

@@ -99,7 +99,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         try:
             result = refresh_view(dsn, catalog, spec, context=RunContext(run_by="cli"), mode=args.mode,
                                   lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
-                                  progress=say)
+                                  progress=say, force=args.force)
         except RefreshRefused as exc:  # nothing ran for this view; the others still may
             failed = True
             say(f"  {spec.display_name}: REFUSED {exc}")
@@ -148,19 +148,34 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .catalog import load_catalog
+    import os
 
-    catalog = load_catalog(args.config)
-    problems = None
-    if args.validate:
-        from .db import connect, resolve_dsn
-        from .troubleshoot import validate_plan
+    from .catalog import load_catalog
+    from .db import connect, resolve_dsn
+
+    if args.discover:
+        from .sources import discover_catalog
 
         with connect(resolve_dsn(args.dsn), purpose="plan") as conn:
-            problems = validate_plan(conn, catalog)
+            print(discover_catalog(conn, args.discover), end="")
+        return EXIT_OK
+    catalog = load_catalog(args.config)
+    problems = sources = None
+    if args.validate or args.dsn or os.environ.get("MV_REFRESH_DSN"):
+        from .tracking import status
+        from .troubleshoot import validate_plan
+
+        # Without a database the plan is the catalog alone; with one, each view's sources too.
+        with connect(resolve_dsn(args.dsn), purpose="plan") as conn:
+            sources = {row["view"]: row for row in status(conn, catalog, list(catalog.views))}
+            if args.validate:
+                problems = validate_plan(conn, catalog)
     plan = [
         {"position": v.position, "view": v.display_name, "task_id": v.task_id, "critical": v.critical,
-         "mode": v.mode, "grain": list(v.grain), "upstream": [catalog.get(u).display_name for u in v.upstream]}
+         "mode": v.mode, "on_unchanged": v.on_unchanged, "grain": list(v.grain),
+         "upstream": [catalog.get(u).display_name for u in v.upstream],
+         **({"sources": sources[v.display_name]["sources"], "provable": sources[v.display_name]["provable"],
+             "why_not_provable": sources[v.display_name]["why_not"]} if sources else {})}
         for v in catalog.views
     ]
     if args.json:
@@ -173,6 +188,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_table(["#", "view", "mode", "critical", "upstream"],
                      [(p["position"] + 1, p["view"], p["mode"], "yes" if p["critical"] else "",
                        ", ".join(p["upstream"])) for p in plan])
+        if sources:
+            print("\nsources (from pg_depend; change tracking: `mv-refresh track status`):")
+            _print_table(["view", "source", "kind", "state"],
+                         [(p["view"] if i == 0 else "", s["source"], s["kind"], s["state"])
+                          for p in plan for i, s in enumerate(p["sources"] or [{"source": "-", "kind": "-",
+                                                                                 "state": "-"}])], wide=True)
         if problems is not None:
             if problems:
                 print("\nchecked against pg_depend:")
@@ -181,6 +202,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
             else:
                 print("\nchecked against pg_depend: the catalog's order and upstream match the database")
     return EXIT_FAILED if problems and any(p.severity == "ERROR" for p in problems) else EXIT_OK
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from . import tracking
+    from .db import connect
+
+    dsn, catalog = _load(args)
+    if args.action != "status" and args.all == bool(args.views):
+        print(f"mv-refresh track {args.action}: name one or more views, or pass --all (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    views = catalog.select(args.views) if args.views else list(catalog.views)
+    say = _say(args)
+    with connect(dsn, autocommit=True, purpose=f"track {args.action}") as conn:
+        if args.action == "status":
+            report = tracking.status(conn, catalog, views)
+            if args.json:
+                _emit_json(report)
+            else:
+                for row in report:
+                    verdict = "can be proven unchanged" if row["provable"] else "always refreshed"
+                    print(f"{row['view']}: {verdict}")
+                    for source in row["sources"]:
+                        print(f"    {source['source']} ({source['kind']}): {source['state']}")
+                    for why in row["why_not"]:
+                        print(f"    - {why}")
+            return EXIT_OK if all(r["provable"] for r in report) else EXIT_FAILED
+        say(f"{'installing' if args.action == 'install' else 'removing'} change tracking for "
+            f"{len(views)} view(s):")
+        changes = (tracking.install(conn, catalog, views, progress=say) if args.action == "install"
+                   else tracking.remove(conn, catalog, views, progress=say))
+    if args.json:
+        _emit_json([c.as_json() for c in changes])
+    return EXIT_FAILED if any(c.action == "failed" for c in changes) else EXIT_OK
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -354,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, metavar="S", help="lock timeout in seconds (overrides catalog)")
     p.add_argument("--statement-timeout", type=float, metavar="S",
                    help="statement timeout in seconds (overrides catalog)")
+    p.add_argument("--force", action="store_true",
+                   help="refresh even views that change tracking proves unchanged (else logged UNCHANGED)")
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("health", parents=[common], help="freshness table; exit 0 OK, 1 WARN, 2 CRIT, 3 unknown",
@@ -383,7 +439,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the catalog's canonical order and upstream graph; with --validate, "
                                    "compare it with what PostgreSQL records (pg_depend): exit 1 on an error.")
     p.add_argument("--validate", action="store_true", help="check the graph against pg_depend (needs a DSN)")
+    p.add_argument("--discover", nargs="+", metavar="SCHEMA",
+                   help="print a catalog (YAML) for every materialized view of these schemas, upstream from "
+                        "pg_depend, grain from a unique index (needs a DSN)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("track", parents=[common], help="change tracking on the views' sources: install, status, remove",
+                       description="install: a statement trigger (INSERT, UPDATE, DELETE, TRUNCATE; ENABLE ALWAYS) on "
+                                   "every table the views read, recording each committed change in "
+                                   "ops.mv_source_change, so that a refresh of a view whose sources did not change "
+                                   "is logged UNCHANGED instead of run. Needs the tables' owner. status: per view, "
+                                   "its sources and whether it can be proven unchanged (exit 1 if not). remove: "
+                                   "drop the triggers (tables another catalog view reads keep theirs).")
+    p.add_argument("action", choices=["install", "status", "remove"])
+    p.add_argument("views", nargs="*", metavar="VIEW", help="catalog views (status: default all)")
+    p.add_argument("--all", action="store_true", help="every view of the catalog")
+    p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("log", parents=[common], help="recent rows of ops.mv_refresh_log",
                        description="The newest refresh attempts, newest first (the runbook's troubleshooting "

@@ -38,13 +38,14 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from . import pg, privileges
+from . import pg, privileges, tracking
 from .catalog import Catalog, CatalogError, ViewSpec, format_qualified_name
 from .db import connect
 from .migrations import mirror_view
 
 METHOD_CONCURRENTLY = "CONCURRENTLY"
 METHOD_PLAIN = "PLAIN"
+METHOD_UNCHANGED = "UNCHANGED"  # verified current without running REFRESH (docs/change-tracking.md)
 MODES = ("auto", "concurrently", "plain")
 
 # SQLSTATEs a retry can fix: lock timeout, deadlock, serialization failure, cancel/statement timeout,
@@ -178,6 +179,7 @@ class _Options:
     lock_timeout: float
     statement_timeout: float
     count_rows: bool
+    may_skip: bool  # an unchanged view may be logged UNCHANGED instead of refreshed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def resolve(catalog: Catalog, name: str | ViewSpec) -> ViewSpec:
 
 
 def _options(spec: ViewSpec, mode: str | None, lock_timeout: float | None, statement_timeout: float | None,
-             count_rows: bool) -> _Options:
+             count_rows: bool, force: bool) -> _Options:
     chosen = mode or spec.mode
     if chosen not in MODES:
         raise RefreshRefused(f"mode {chosen!r} is not one of {', '.join(MODES)}")
@@ -199,7 +201,7 @@ def _options(spec: ViewSpec, mode: str | None, lock_timeout: float | None, state
     for label, value in (("lock timeout", lock_s), ("statement timeout", stmt_s)):
         if value <= 0:
             raise RefreshRefused(f"{label} must be a positive number of seconds, got {value}")
-    return _Options(chosen, lock_s, stmt_s, count_rows)
+    return _Options(chosen, lock_s, stmt_s, count_rows, not force and spec.on_unchanged == "skip")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,6 +420,8 @@ class _Run:
     say: Callable[[str], None]
     cancel: CancelHandle | None
     where: str  # where the view is in the catalog, for messages
+    catalog_oids: set[int] = field(default_factory=set)  # the catalog's materialized views, by oid
+    tracked: str | None = None  # None: the refresh records what it saw; else why it cannot
     state: ViewState = None  # type: ignore[assignment]
     access: privileges.RefreshAccess = None  # type: ignore[assignment]
 
@@ -434,19 +438,22 @@ def refresh_view(
     count_rows: bool = True,
     progress: Callable[[str], None] | None = None,
     cancel: CancelHandle | None = None,
+    force: bool = False,
 ) -> RefreshResult:
     """Refresh one catalog view with a log row; return the OK result or raise.
 
     Raises ``CatalogError``/``RefreshRefused`` (permanent; nothing ran, nothing logged) or ``RefreshFailed``
     (logged as ERROR or SKIPPED; ``.retryable`` says whether a retry can help). An interrupt propagates after
-    the statement was cancelled on the server and the row finished as ERROR.
+    the statement was cancelled on the server and the row finished as ERROR. ``force`` refreshes even a view
+    that change tracking proves unchanged (which is otherwise logged OK with method UNCHANGED).
     """
     spec = resolve(catalog, name)
-    options = _options(spec, mode, lock_timeout, statement_timeout, count_rows)
+    options = _options(spec, mode, lock_timeout, statement_timeout, count_rows, force)
     with _sessions(dsn, spec, context or RunContext(), cancel) as (work, log):
         where = f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
         run = _Run(spec, options, work, log, progress or (lambda _line: None), cancel, where)
         run.state = _check_view(run)
+        run.catalog_oids, run.tracked = _tracking_context(run, catalog)
         pg.set_timeouts(work, lock=options.lock_timeout, statement=options.statement_timeout)
         with _view_lock(run):
             log.reap_abandoned()
@@ -477,6 +484,24 @@ def _sessions(dsn: str, spec: ViewSpec, ctx: RunContext,
         finally:
             if cancel is not None:
                 cancel.attach(None)
+
+
+_CATALOG_OIDS = """
+SELECT c.oid FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
+JOIN pg_namespace AS n ON n.nspname = v.schema_name
+JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name AND c.relkind = 'm'
+"""
+
+
+def _tracking_context(run: _Run, catalog: Catalog) -> tuple[set[int], str | None]:
+    """The catalog's views by oid (their refreshes are changes), and whether this role can record what a
+    refresh saw (else it refreshes as before, and says why it never proves a view unchanged)."""
+    if not tracking.available(run.work):
+        return set(), ("change tracking unavailable: this role may not write ops.mv_refresh_state and "
+                       "ops.mv_source_change (run `mv-refresh init-db`, then include/sql/ops/least_privilege.sql)")
+    oids = {row[0] for row in run.work.execute(_CATALOG_OIDS, ([v.schema for v in catalog.views],
+                                                               [v.name for v in catalog.views]))}
+    return oids, None
 
 
 def _check_view(run: _Run) -> ViewState:
@@ -546,7 +571,8 @@ def _choose(run: _Run) -> tuple[str, str | None]:
 
 
 def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
-    """Step 7: RUNNING row, refresh, count, OK/ERROR row; the row is finished before the lock is released."""
+    """Step 7: RUNNING row, refresh (or proof it is not needed), count, OK/ERROR row; the row is finished
+    before the lock is released."""
     spec, work = run.spec, run.work
     result = RefreshResult(spec.schema, spec.name, "RUNNING", method=method, method_reason=reason)
     result.log_id = run.log.insert("RUNNING", method=method, reason=reason)
@@ -555,11 +581,16 @@ def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
     try:
         if run.cancel is not None and run.cancel.reason:
             raise psycopg.errors.QueryCanceled(f"interrupted before the refresh started: {run.cancel.reason}")
-        _refresh(run, result)
+        if run.tracked is None:
+            _refresh_in_snapshot(run, result)
+        else:
+            result.method_reason = _with_notes(result.method_reason, run.tracked)
+            _refresh(run, result)
         refreshed_at = work.execute("SELECT clock_timestamp()").fetchone()[0]
         result.duration_ms = int((time.monotonic() - started) * 1000)
         result.status = "OK"
-        _count_rows(run, result)
+        if result.method != METHOD_UNCHANGED:
+            _count_rows(run, result)
     except psycopg.Error as exc:
         result.status, result.duration_ms = "ERROR", int((time.monotonic() - started) * 1000)
         _explain(result, exc, run)
@@ -567,7 +598,7 @@ def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
         # Ctrl-C, SIGTERM (psycopg has cancelled the statement already), a task timeout (it has not):
         # stop the server-side statement, finish the row, then let the interrupt go on.
         _cancel_statement(work)
-        if refreshed_at is None:  # the refresh itself was interrupted; else only the count was
+        if refreshed_at is None:  # the refresh itself was interrupted (and rolled back); else only the count
             result.status, result.retryable = "ERROR", True
             result.error_sqlstate, result.error_message = QUERY_CANCELED, _interruption(exc)
         else:
@@ -577,22 +608,73 @@ def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
             run.log.finish(result, refreshed_at)
         raise
     _finish(run, result, refreshed_at)
+    if result.status == "OK" and run.tracked is None:
+        with contextlib.suppress(psycopg.Error):  # housekeeping; a role without DELETE leaves it to another
+            if result.rows_after_refresh is not None and result.method != METHOD_UNCHANGED:
+                tracking.set_rows(work, spec, result.rows_after_refresh)
+            tracking.forget_markers_seen_by_all(work)
     return result
 
 
+def _refresh_in_snapshot(run: _Run, result: RefreshResult) -> None:
+    """One REPEATABLE READ transaction: take the snapshot, prove the view unchanged or REFRESH it (the REFRESH
+    sees exactly that snapshot), record what the view now reflects, commit. A writer that commits meanwhile
+    is not in the snapshot: its marker stays unseen, and the next refresh refreshes."""
+    spec, work = run.spec, run.work
+    while True:
+        work.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        try:
+            proof = tracking.prove(work, spec, run.state.oid, run.state.populated, run.catalog_oids)
+            if proof.unchanged and run.options.may_skip:
+                result.method, result.rows_after_refresh = METHOD_UNCHANGED, proof.rows
+                result.method_reason = _with_notes(proof.reason, run.access.note)
+                tracking.record(work, spec, run.state.oid, proof, log_id=result.log_id, rows=proof.rows,
+                                refreshed=False)
+            else:
+                why = proof.reason
+                if proof.unchanged:  # provably unchanged, refreshed all the same
+                    asked = "forced" if spec.on_unchanged == "skip" else "on_unchanged: refresh"
+                    why = f"{asked} ({proof.reason})"
+                result.method_reason = _with_notes(result.method_reason, why)
+                _execute_refresh(run, result.method)
+                tracking.record(work, spec, run.state.oid, proof, log_id=result.log_id, rows=None,
+                                refreshed=True)
+            work.execute("COMMIT")
+            return
+        except psycopg.Error as exc:
+            _rollback(work)
+            if not _falls_back(run, result, exc):
+                raise
+        except BaseException:
+            _cancel_statement(work)
+            _rollback(work)
+            raise
+
+
+def _rollback(work: psycopg.Connection) -> None:
+    if not work.closed and work.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):
+            work.execute("ROLLBACK")
+
+
+def _falls_back(run: _Run, result: RefreshResult, exc: psycopg.Error) -> bool:
+    """The one fallback: CONCURRENTLY that PostgreSQL refuses (55000/0A000) goes PLAIN, with the reason."""
+    if not (result.method == METHOD_CONCURRENTLY and run.options.mode == "auto" and exc.sqlstate in FALLBACK_SQLSTATES):
+        return False
+    result.method = METHOD_PLAIN
+    result.method_reason = _with_notes(
+        f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); fell back to PLAIN", run.access.note)
+    run.say(f"{run.spec.display_name}: {result.method_reason}")
+    return True
+
+
 def _refresh(run: _Run, result: RefreshResult) -> None:
-    """The REFRESH statement, with the one fallback: CONCURRENTLY that PostgreSQL refuses goes PLAIN."""
-    spec = run.spec
+    """The REFRESH statement alone (autocommit), with the one fallback to PLAIN."""
     try:
         _execute_refresh(run, result.method)
     except psycopg.Error as exc:
-        if not (result.method == METHOD_CONCURRENTLY and run.options.mode == "auto"
-                and exc.sqlstate in FALLBACK_SQLSTATES):
+        if not _falls_back(run, result, exc):
             raise
-        result.method = METHOD_PLAIN
-        result.method_reason = _with_notes(
-            f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); fell back to PLAIN", run.access.note)
-        run.say(f"{spec.display_name}: {result.method_reason}")
         _execute_refresh(run, METHOD_PLAIN)
 
 

@@ -18,7 +18,6 @@ leave a session idle in transaction.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from psycopg.pq import TransactionStatus
 
 from .catalog import Catalog, ViewRef, ViewSpec, format_qualified_name
 from .pg import ADVISORY_LOCK_CLASS, RELKIND_NAMES, advisory_locktag
+from .sources import USER_OID_START, read_trees
 
 __all__ = [
     "LOCK_KIND_ADVISORY",
@@ -322,87 +322,19 @@ def lock_report(conn: psycopg.Connection, catalog: Catalog, view: ViewRef | None
 # Dependencies
 
 
-# What the rewrite rule of each given relation (a view's or a materialized view's query) references:
-# relations (other than itself) and functions (whose own reads pg_depend does not record). Built-in
-# functions are pinned and never appear in pg_depend.
-_READS = """
-SELECT DISTINCT r.ev_class, d.refobjid, c.relkind, n.nspname, c.relname,
-       CASE WHEN d.refclassid = 'pg_proc'::regclass THEN d.refobjid::regprocedure::text END
-FROM pg_rewrite AS r
-JOIN pg_depend AS d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-LEFT JOIN pg_class AS c ON d.refclassid = 'pg_class'::regclass AND c.oid = d.refobjid
-LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE r.ev_class = ANY (%s::oid[])
-  AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class)
-       OR d.refclassid = 'pg_proc'::regclass)
-"""
-
-
-@dataclass(frozen=True)
-class _Reads:
-    """What one catalog view reads: materialized views (each with the plain views it is reached
-    through, empty when read directly) and functions (called by it or by those plain views)."""
-
-    matviews: dict[tuple[str, str], tuple[tuple[str, str], ...]]
-    functions: tuple[str, ...]
-
-
-def _reads(conn: psycopg.Connection, roots: dict[tuple[str, str], int]) -> dict[tuple[str, str], _Reads]:
-    """Follow each root's rule through plain views (breadth first: the shortest path is kept)."""
-    edges: dict[int, list[tuple[int, str, tuple[str, str]]]] = {}
-    functions: dict[int, list[str]] = {}
-    pending = set(roots.values())
-    while pending:  # one query per level of plain views
-        rows = conn.execute(_READS, (sorted(pending),)).fetchall()
-        for oid in pending:
-            edges[oid] = []
-            functions[oid] = []
-        for reader, relid, relkind, schema, name, function in sorted(rows, key=lambda r: (r[0], r[1])):
-            if function is not None:
-                functions[reader].append(function)
-            elif relkind is not None:
-                edges[reader].append((relid, relkind, (schema, name)))
-        pending = {
-            relid
-            for targets in edges.values()
-            for relid, relkind, _key in targets
-            if relkind == "v" and relid not in edges
-        }
-
-    result: dict[tuple[str, str], _Reads] = {}
-    for key, root in roots.items():
-        matviews: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
-        called: list[str] = list(functions.get(root, ()))
-        seen = {root}
-        queue: deque[tuple[int, tuple[tuple[str, str], ...]]] = deque([(root, ())])
-        while queue:
-            node, via = queue.popleft()
-            for relid, relkind, read_key in edges.get(node, ()):
-                if relid in seen:
-                    continue
-                seen.add(relid)
-                if relkind == "m":
-                    matviews[read_key] = via
-                elif relkind == "v":
-                    called.extend(f for f in functions.get(relid, ()) if f not in called)
-                    queue.append((relid, via + (read_key,)))
-        result[key] = _Reads(matviews=matviews, functions=tuple(dict.fromkeys(called)))
-    return result
-
-
 def real_dependencies(conn: psycopg.Connection, catalog: Catalog) -> dict[tuple[str, str], set[tuple[str, str]]]:
     """``{(schema, name): {(schema, name), ...}}``: the materialized views each catalog view reads.
 
-    Read from ``pg_depend`` through the view's rewrite rule, following plain views transitively (a
-    materialized view reading a plain view that reads a materialized view depends on the latter), and
-    stopping at materialized views. Materialized views outside the catalog are included. Catalog views
-    absent from the database have no key. Reads hidden inside functions (or dynamic SQL) are invisible
-    to ``pg_depend`` and therefore here.
+    Read from ``pg_depend`` through the view's rewrite rule, following plain views transitively and stopping
+    at materialized views (``sources.read_trees``). Materialized views outside the catalog are included.
+    Catalog views absent from the database have no key. Reads hidden inside functions (or dynamic SQL) are
+    invisible to ``pg_depend`` and therefore here.
     """
     with _reading(conn):
         present = _present(conn, list(catalog.views))
-        reads = _reads(conn, {key: oid for key, (oid, _relkind) in present.items()})
-    return {spec.key: set(reads[spec.key].matviews) for spec in catalog.views if spec.key in reads}
+        trees = read_trees(conn, [oid for oid, relkind in present.values() if relkind == "m"])
+    by_oid = {oid: key for key, (oid, _kind) in present.items()}
+    return {by_oid[oid]: {m.key for m in tree.matviews} for oid, tree in trees.items()}
 
 
 @dataclass(frozen=True)
@@ -419,13 +351,6 @@ class PlanProblem:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-def _through(via: tuple[tuple[str, str], ...]) -> str:
-    if not via:
-        return ""
-    kind = "plain view" if len(via) == 1 else "plain views"
-    return f" (through the {kind} {' -> '.join(format_qualified_name(*key) for key in via)})"
 
 
 def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProblem]:
@@ -446,7 +371,7 @@ def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProble
     with _reading(conn):
         present = _present(conn, views)
         matviews = {key: oid for key, (oid, relkind) in present.items() if relkind == "m"}
-        reads = _reads(conn, matviews)
+        trees = read_trees(conn, matviews.values())
 
     order = {v.key: v.position for v in views}
     problems: list[PlanProblem] = []
@@ -471,11 +396,11 @@ def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProble
             ))
             continue
 
-        found = reads[spec.key]
-        in_order = sorted(found.matviews.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
-        for read_key, via in in_order:
+        tree = trees[matviews[spec.key]]
+        reads = {m.key: m for m in tree.matviews}
+        for read_key in sorted(reads, key=lambda key: (order.get(key, len(order)), key)):
             read_name = format_qualified_name(*read_key)
-            path = _through(via)
+            path = tree.through(reads[read_key])
             if read_key in order:
                 read = catalog.get(read_key)
                 declared = read_key in spec.upstream
@@ -507,11 +432,12 @@ def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProble
 
         for up in spec.upstream:
             up_name = format_qualified_name(*up)
-            if up in found.matviews or up not in matviews:
+            if up in reads or up not in matviews:
                 continue  # read, or not a materialized view in the database (reported on its own)
             hidden = ""
-            if found.functions:
-                hidden = (f"; it calls {', '.join(found.functions)}, and what a function reads is "
+            functions = [c.signature for c in tree.calls if c.oid >= USER_OID_START]
+            if functions:
+                hidden = (f"; it calls {', '.join(functions)}, and what a function reads is "
                           "invisible to pg_depend")
             problems.append(PlanProblem(
                 "WARN", name,

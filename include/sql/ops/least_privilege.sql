@@ -27,7 +27,9 @@
 --     refresher: USAGE on schema ops; SELECT, INSERT, UPDATE on ops.mv_refresh_log (the identity column
 --                needs no sequence grant); SELECT, INSERT, UPDATE on ops.mv_catalog (every refresh keeps its
 --                view's row in step with the catalog file); SELECT on the health views; EXECUTE on
---                ops.mv_health_of (the health views call it with the caller's rights).
+--                ops.mv_health_of (the health views call it with the caller's rights); SELECT, INSERT, DELETE
+--                on ops.mv_source_change and SELECT, INSERT, UPDATE on ops.mv_refresh_state (change tracking:
+--                what each refresh saw, and the markers its refresh writes and cleans up).
 --     reader:    SELECT on the log, ops.mv_catalog and the health views; EXECUTE on ops.mv_health_of.
 --     maintainer: the reader's grants plus DELETE on ops.mv_refresh_log.
 --   Part 2, as the owner of the views:
@@ -153,7 +155,9 @@ SELECT :'chosen_method' = 'maintain' AS use_maintain, :'chosen_method' = 'functi
                  (2, 'GRANT SELECT, INSERT, UPDATE ON TABLE ops.mv_refresh_log TO %I'),
                  (3, 'GRANT SELECT, INSERT, UPDATE ON TABLE ops.mv_catalog TO %I'),
                  (4, 'GRANT SELECT ON TABLE ops.v_mv_health, ops.v_yango_cabinet_claims_mv_health TO %I'),
-                 (5, 'GRANT EXECUTE ON FUNCTION ops.mv_health_of(text, text, numeric, numeric) TO %I')
+                 (5, 'GRANT EXECUTE ON FUNCTION ops.mv_health_of(text, text, numeric, numeric) TO %I'),
+                 (6, 'GRANT SELECT, INSERT, DELETE ON TABLE ops.mv_source_change TO %I'),
+                 (7, 'GRANT SELECT, INSERT, UPDATE ON TABLE ops.mv_refresh_state TO %I')
          ) AS grants (step, statement)
     ORDER BY step
     \gexec

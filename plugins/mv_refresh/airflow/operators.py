@@ -40,9 +40,11 @@ class MaterializedViewRefreshOperator(BaseOperator):
     :param only_views: when non-empty, the task refreshes only if ``view`` is listed, else it is skipped
         (the DAG's ``views`` trigger param; templated).
     :param lock_timeout: seconds, overrides the catalog. :param statement_timeout: seconds, likewise.
+    :param force: refresh even when change tracking proves the view unchanged (templated; the DAG's ``force``).
     """
 
-    template_fields: Sequence[str] = ("view", "conn_id", "mode", "only_views", "lock_timeout", "statement_timeout")
+    template_fields: Sequence[str] = ("view", "conn_id", "mode", "only_views", "lock_timeout", "statement_timeout",
+                                      "force")
     ui_color = "#d8ecf7"
 
     def __init__(
@@ -55,6 +57,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
         only_views: Any = None,
         lock_timeout: float | None = None,
         statement_timeout: float | None = None,
+        force: Any = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("outlets", [view_asset(view)])
@@ -66,6 +69,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
         self.only_views = only_views
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
+        self.force = force
         self._cancel = None
 
     def on_kill(self) -> None:
@@ -101,7 +105,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
             result = refresh_view(
                 dsn, catalog, spec, context=run_context, mode=mode,
                 lock_timeout=_seconds(self.lock_timeout), statement_timeout=_seconds(self.statement_timeout),
-                progress=self.log.info, cancel=self._cancel,
+                progress=self.log.info, cancel=self._cancel, force=_flag(self.force),
             )
         except (CatalogError, ConfigurationError) as exc:  # refused before any SQL ran: a retry cannot help
             raise AirflowFailException(str(exc)) from None
@@ -131,6 +135,11 @@ def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.replace("\n", ",").split(",") if v.strip()]
     return [str(v) for v in value if str(v).strip()]
+
+
+def _flag(value: Any) -> bool:
+    """A templated boolean: True, "True", "true" (a rendered Jinja value) are true; everything else is not."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _seconds(value: Any) -> float | None:
