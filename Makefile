@@ -14,7 +14,7 @@ help:
 	@echo "make airflow   airflow standalone on the demo database, for triggering from the UI"
 	@echo "make lint      ruff"
 	@echo "make load-test 50 views, Airflow (LocalExecutor, 4 workers) + 2 CLI loops for 3 minutes"
-	@echo "make bench     benchmarks: tables, bench/results.json, bench/*.png (BENCH_SCALE=full: the long form)"
+	@echo "make bench     benchmarks: tables, bench/out/ (results, figures; README figures to docs/img/); BENCH_SCALE=full: the long form"
 	@echo "make demo-stop stop the embedded PostgreSQL;  make clean  remove .demo/ and .venv/"
 
 # The venv is rebuilt only when a requirements file or pyproject.toml changes.

@@ -25,11 +25,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "bench"
+OUT_DIR = BENCH_DIR / "out"  # git-ignored: results.json, figures, the child processes' bytecode
 BIN = Path(sys.executable).parent
 PYTHON = sys.executable
 EMBEDDED_DIR = ROOT / ".demo" / "bench-pg"
 # Bytecode of every child process goes here (bench/out/ is git-ignored), never into the source tree.
-PYCACHE_DIR = BENCH_DIR / "out" / "pycache"
+PYCACHE_DIR = OUT_DIR / "pycache"
 CRITICAL_VIEW = "ops.mv_yango_cabinet_claims_for_collection"
 
 

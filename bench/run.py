@@ -5,9 +5,10 @@
     .venv/bin/python bench/run.py --sections 1,5   # some sections only
 
 Sections: 1 logged refresh overhead, 2 readers during refreshes, 3 CONCURRENTLY vs PLAIN by fraction
-changed, 4 scaling, 5 DAG parse time, 6 Airflow's own overhead. Each prints a table (name, A, B, ratio,
-goal, met?); a summary table ends the run. Everything, raw samples included, goes to bench/results.json;
-the figures to bench/scaling.png, bench/reader_latency.png and bench/modes.png.
+changed, 4 scaling, 5 DAG parse time, 6 Airflow's own overhead, 7 change tracking (unchanged runs, one
+changed row, writers' cost), 8 health against the size of the log. Each prints a table (name, A, B, ratio,
+goal, met?); a summary table ends the run. Everything, raw samples included, goes to bench/out/ (git-ignored):
+results.json and the figures; the figures the README shows are copied to docs/img/.
 
 Database: ``MV_REFRESH_DSN`` (that database is used, and reloaded with demo data), else
 ``BENCH_DATABASE_URL`` (an admin DSN: scratch databases are created there and dropped at the end), else
@@ -33,10 +34,12 @@ from typing import Any
 import airflow_run
 import benchkit as bk
 import dag_parse
+import health_scale
 import modes
 import readers
 import refresh_overhead
 import scaling
+import tracking
 from benchkit import Row
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -52,6 +55,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "scaling_reps": 2,
         "parse_rounds": 5,
         "airflow_rounds": 2,
+        "tracking_rounds": 3,
+        "writer_rounds": 3,
+        "writer_seconds": 10,
+        "health_reps": 50,
     },
     "full": {
         "drivers": 200_000,         # ~5.5M source rows; the critical view refreshes in ~7 s
@@ -63,12 +70,17 @@ SCALES: dict[str, dict[str, Any]] = {
         "scaling_reps": 3,
         "parse_rounds": 10,
         "airflow_rounds": 3,
+        "tracking_rounds": 5,
+        "writer_rounds": 5,
+        "writer_seconds": 20,
+        "health_reps": 100,
     },
 }
 # Not a measurement: a self-check of the runner itself (every section end to end in about a minute).
 SCALES["smoke"] = {
     "drivers": 2_000, "overhead_rounds": 2, "startup_reps": 2, "reader_reps": 1, "modes_rounds": 1,
     "scaling_scales": [200, 2_000, 20_000], "scaling_reps": 1, "parse_rounds": 1, "airflow_rounds": 1,
+    "tracking_rounds": 1, "writer_rounds": 1, "writer_seconds": 2, "health_reps": 3,
 }
 SECTIONS = {
     "1": "logged refresh overhead",
@@ -77,9 +89,14 @@ SECTIONS = {
     "4": "scaling",
     "5": "DAG parse time",
     "6": "Airflow's own overhead",
+    "7": "change tracking",
+    "8": "health against the size of the log",
 }
-# Run order: everything on the main database first, the scaling (which may reload it) last.
-ORDER = ["1", "2", "3", "5", "6", "4"]
+# Run order: everything on the main database first, the scaling (which may reload it) last; the health
+# section fills a log in a scratch database of its own.
+ORDER = ["1", "2", "3", "5", "6", "7", "4", "8"]
+# What the README shows, copied from bench/out/ to docs/img/ (everything else stays in the ignored folder).
+PUBLISHED_FIGURES = ("reader_latency.png", "modes.png", "scaling.png")
 
 
 def _clean(value: Any) -> Any:
@@ -110,6 +127,8 @@ def _headlines(section: str, rows: list[Row]) -> None:
             r.headline = True
         elif section == "6" and r.name.startswith(("ops_mv_refresh dag.test()", "Airflow overhead per task")):
             r.headline = True
+        elif section in ("7", "8"):
+            r.headline = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--view", default=bk.CRITICAL_VIEW, help="view of sections 1-3 (default: the critical one)")
     parser.add_argument("--drivers", type=int, help="override the main scale of sections 1-3 and 6")
     parser.add_argument("--scales", help="override the scaling section's scales, e.g. 2000,20000,200000")
-    parser.add_argument("--out", type=Path, default=bk.BENCH_DIR / "results.json")
-    parser.add_argument("--figures-dir", type=Path, default=bk.BENCH_DIR)
+    parser.add_argument("--out", type=Path, default=bk.OUT_DIR / "results.json")
+    parser.add_argument("--figures-dir", type=Path, default=bk.OUT_DIR)
     args = parser.parse_args(argv)
     if args.scale not in SCALES:
         parser.error(f"BENCH_SCALE must be one of {', '.join(SCALES)}, got {args.scale!r}")
@@ -159,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = bk.TempDir("mvr-bench-")
     dbs: bk.Databases | None = None
     try:
-        needs_db = any(s in wanted for s in ("1", "2", "3", "4", "6"))
+        needs_db = any(s in wanted for s in ("1", "2", "3", "4", "6", "7", "8"))
         main_dsn = None
         if needs_db:
             dbs = bk.Databases.from_environment()
             results["database"] = {"kind": dbs.kind}
-            uses_main = any(s in wanted for s in ("1", "2", "3", "6")) or (
+            uses_main = any(s in wanted for s in ("1", "2", "3", "6", "7")) or (
                 "4" in wanted and cfg["drivers"] in cfg["scaling_scales"])
             if uses_main:
                 main_dsn = dbs.database(f"d{cfg['drivers']}")
@@ -173,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             bk.say(f"PostgreSQL {server['server_version']} ({dbs.kind}); shared_buffers {server['shared_buffers']}, "
                    f"work_mem {server['work_mem']}, max_parallel_workers_per_gather "
                    f"{server['max_parallel_workers_per_gather']}")
-            if any(s in wanted for s in ("1", "2", "3", "6")):
+            if any(s in wanted for s in ("1", "2", "3", "6", "7")):
                 bk.say(f"\npreparing the main database: demo warehouse at {cfg['drivers']:,} drivers")
                 results["main_database"] = bk.prepare_demo(main_dsn, cfg["drivers"])
         subtitle = (f"{args.scale} form, {machine['cores']} cores, PostgreSQL "
@@ -227,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = [r.as_json() for r in summary]
     results["runtime_s"] = runtime
     results["goals_met"] = {"met": met, "of": len(goals)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_clean(results), indent=1) + "\n")
     bk.say(f"results: {args.out}")
+    _publish(args.figures_dir)
     return 1 if results["errors"] else 0
 
 
@@ -261,7 +282,24 @@ def _run_section(section: str, args, cfg: dict[str, Any], dbs: bk.Databases | No
         home.mkdir(parents=True, exist_ok=True)
         data = airflow_run.measure(main_dsn, home, cfg["airflow_rounds"])
         return data, airflow_run.rows(data)
+    if section == "7":
+        data = tracking.measure(main_dsn, cfg["tracking_rounds"], cfg["writer_rounds"], cfg["writer_seconds"])
+        return data, tracking.rows(data)
+    if section == "8":
+        data = health_scale.measure(dbs.database("health"), cfg["health_reps"])
+        return data, health_scale.rows(data)
     raise ValueError(section)
+
+
+def _publish(figures_dir: Path) -> None:
+    """Copy the figures the README shows next to it (docs/img/); the rest stays in bench/out/."""
+    import shutil
+
+    target = bk.ROOT / "docs" / "img"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED_FIGURES:
+        if (figures_dir / name).exists():
+            shutil.copy2(figures_dir / name, target / name)
 
 
 def _figure(section: str, data: dict[str, Any], where: Path, subtitle: str) -> Path | None:

@@ -74,7 +74,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    from .engine import RefreshFailed, RefreshRefused, RunContext, refresh_view
+    from .engine import RefreshFailed, RefreshRefused, RunContext, Sessions, refresh_view
 
     dsn, catalog = _load(args)
     if args.all == bool(args.views):
@@ -89,6 +89,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     blocked: dict[tuple[str, str], str] = {}  # view -> the upstream view that failed in this run
     failed = False
+    sessions = Sessions(dsn)  # two connections for the whole run, not two per view
     for spec in views:
         if spec.key in blocked:
             say(f"{spec.display_name}: not refreshed (its upstream {blocked[spec.key]} failed in this run)")
@@ -99,7 +100,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         try:
             result = refresh_view(dsn, catalog, spec, context=RunContext(run_by="cli"), mode=args.mode,
                                   lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
-                                  progress=say, force=args.force)
+                                  progress=say, force=args.force, sessions=sessions)
         except RefreshRefused as exc:  # nothing ran for this view; the others still may
             failed = True
             say(f"  {spec.display_name}: REFUSED {exc}")
@@ -112,6 +113,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
             blocked.update((v.key, spec.display_name) for v in catalog.downstream_of(spec))
         say(f"  {result.summary()}" + (f"  [{result.method_reason}]" if result.method_reason else ""))
         results.append({"view": spec.display_name, **result.as_dict()})
+    sessions.close()
     if args.json:
         _emit_json(results)
     return EXIT_FAILED if failed else EXIT_OK

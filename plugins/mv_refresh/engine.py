@@ -40,7 +40,7 @@ from psycopg.pq import TransactionStatus
 
 from . import pg, privileges, tracking
 from .catalog import Catalog, CatalogError, ViewSpec, format_qualified_name
-from .db import connect
+from .db import APPLICATION_NAME, connect
 from .migrations import mirror_view
 
 METHOD_CONCURRENTLY = "CONCURRENTLY"
@@ -271,6 +271,18 @@ VALUES (%(schema)s, %(name)s, %(status)s, %(method)s, %(reason)s, %(pid)s, %(bac
 RETURNING id
 """
 
+_INSERT_OK = """
+INSERT INTO ops.mv_refresh_log
+    (schema_name, mv_name, status, refresh_started_at, refresh_finished_at, refreshed_at, method, method_reason,
+     rows_after_refresh, duration_ms, backend_pid, backend_start, run_by, dag_id, run_id, task_id, try_number,
+     client_hostname)
+VALUES (%(schema)s, %(name)s, 'OK',
+        clock_timestamp() - make_interval(secs => %(duration_ms)s / 1000.0), clock_timestamp(), clock_timestamp(),
+        %(method)s, %(reason)s, %(rows)s, %(duration_ms)s, %(pid)s, %(backend_start)s, %(run_by)s, %(dag_id)s,
+        %(run_id)s, %(task_id)s, %(try_number)s, %(hostname)s)
+RETURNING id
+"""
+
 _FINISH = """
 UPDATE ops.mv_refresh_log
 SET status = %(status)s, refresh_finished_at = clock_timestamp(), refreshed_at = %(refreshed_at)s,
@@ -306,6 +318,16 @@ class RefreshLog:
             "reason": reason, "pid": self.pid, "backend_start": self.backend_start, "run_by": ctx.run_by,
             "dag_id": ctx.dag_id, "run_id": ctx.run_id, "task_id": ctx.task_id, "try_number": ctx.try_number,
             "hostname": ctx.hostname, "sqlstate": sqlstate, "message": message,
+        }).fetchone()[0]
+
+    def insert_unchanged(self, result: RefreshResult) -> int:
+        """One finished row for a refresh proven unneeded: OK, method UNCHANGED, current as of now."""
+        return self.conn.execute(_INSERT_OK, {
+            "schema": self.spec.schema, "name": self.spec.name, "method": result.method,
+            "reason": result.method_reason, "rows": result.rows_after_refresh, "duration_ms": result.duration_ms,
+            "pid": self.pid, "backend_start": self.backend_start, "run_by": self.ctx.run_by,
+            "dag_id": self.ctx.dag_id, "run_id": self.ctx.run_id, "task_id": self.ctx.task_id,
+            "try_number": self.ctx.try_number, "hostname": self.ctx.hostname,
         }).fetchone()[0]
 
     def failed(self, status: str, sqlstate: str, message: str, *, retryable: bool = False) -> RefreshFailed:
@@ -426,6 +448,42 @@ class _Run:
     access: privileges.RefreshAccess = None  # type: ignore[assignment]
 
 
+class Sessions:
+    """The work and log connections, kept across the refreshes one process runs one after another.
+
+    ``refresh --all`` refreshes every view over the same two sessions instead of opening two per view. Each
+    refresh sets what it needs (application name, timeouts), ends its transaction and releases its advisory
+    lock, so nothing carries over from one view to the next; a session a refresh left closed or broken (an
+    interrupt, a lost server) is opened again for the next.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._work: psycopg.Connection | None = None
+        self._log: psycopg.Connection | None = None
+        self._log_access: privileges.LogAccess | None = None
+
+    def open(self) -> tuple[psycopg.Connection, psycopg.Connection, privileges.LogAccess]:
+        if self._work is None or self._work.closed or self._work.broken:
+            self._work = connect(self.dsn, autocommit=True, purpose="refresh")
+        if self._log is None or self._log.closed or self._log.broken:
+            self._log = connect(self.dsn, autocommit=True, purpose="log")
+            self._log_access = privileges.log_access(self._log)
+        return self._work, self._log, self._log_access
+
+    def close(self) -> None:
+        for conn in (self._work, self._log):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._work = self._log = None
+
+    def __enter__(self) -> Sessions:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def refresh_view(
     dsn: str,
     catalog: Catalog,
@@ -439,69 +497,83 @@ def refresh_view(
     progress: Callable[[str], None] | None = None,
     cancel: CancelHandle | None = None,
     force: bool = False,
+    sessions: Sessions | None = None,
 ) -> RefreshResult:
     """Refresh one catalog view with a log row; return the OK result or raise.
 
     Raises ``CatalogError``/``RefreshRefused`` (permanent; nothing ran, nothing logged) or ``RefreshFailed``
     (logged as ERROR or SKIPPED; ``.retryable`` says whether a retry can help). An interrupt propagates after
     the statement was cancelled on the server and the row finished as ERROR. ``force`` refreshes even a view
-    that change tracking proves unchanged (which is otherwise logged OK with method UNCHANGED).
+    that change tracking proves unchanged (which is otherwise logged OK with method UNCHANGED). ``sessions``
+    lets several refreshes of one process share their two connections.
     """
     spec = resolve(catalog, name)
     options = _options(spec, mode, lock_timeout, statement_timeout, count_rows, force)
-    with _sessions(dsn, spec, context or RunContext(), cancel) as (work, log):
-        where = f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
-        run = _Run(spec, options, work, log, progress or (lambda _line: None), cancel, where)
-        run.state = _check_view(run)
-        run.catalog_oids, run.tracked = _tracking_context(run, catalog)
-        pg.set_timeouts(work, lock=options.lock_timeout, statement=options.statement_timeout)
-        with _view_lock(run):
-            log.reap_abandoned()
-            method, reason = _choose(run)
-            result = _run_logged(run, method, reason)
+    owned = sessions is None
+    sessions = sessions or Sessions(dsn)
+    try:
+        with _session(sessions, spec, options, context or RunContext(), cancel) as (work, log):
+            where = f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
+            run = _Run(spec, options, work, log, progress or (lambda _line: None), cancel, where)
+            run.state = _check_view(run)
+            run.catalog_oids, run.tracked = _tracking_context(run, catalog)
+            with _view_lock(run):
+                log.reap_abandoned()
+                method, reason = _choose(run)
+                result = _run_logged(run, method, reason)
+    finally:
+        if owned:
+            sessions.close()
     if result.status != "OK":
         raise RefreshFailed(result) from None  # from None: no row data (21000 DETAIL) in a traceback
     return result
 
 
+_SESSION_SETUP = """
+SELECT set_config('application_name', %s, false), set_config('lock_timeout', %s, false),
+       set_config('statement_timeout', %s, false), pid, backend_start
+FROM pg_stat_activity WHERE pid = pg_backend_pid()
+"""
+
+
 @contextlib.contextmanager
-def _sessions(dsn: str, spec: ViewSpec, ctx: RunContext,
-              cancel: CancelHandle | None) -> Iterator[tuple[psycopg.Connection, RefreshLog]]:
+def _session(sessions: Sessions, spec: ViewSpec, options: _Options, ctx: RunContext,
+             cancel: CancelHandle | None) -> Iterator[tuple[psycopg.Connection, RefreshLog]]:
     """Step 2: the work and log connections; the log must be writable, else nothing runs."""
-    with connect(dsn, autocommit=True, purpose=f"refresh {spec.name}") as work, \
-            connect(dsn, autocommit=True, purpose="log") as log_conn:
-        access = privileges.log_access(log_conn)
-        if access.missing:
-            raise RefreshRefused(access.missing)
-        if access.can_mirror:
-            mirror_view(log_conn, spec)  # ops.mv_catalog follows the catalog file, view by view
-        pid, backend_start = work.execute(
-            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+    work, log_conn, access = sessions.open()
+    if access.missing:
+        raise RefreshRefused(access.missing)
+    if access.can_mirror:
+        mirror_view(log_conn, spec)  # ops.mv_catalog follows the catalog file, view by view
+    app = f"{APPLICATION_NAME} refresh {spec.name}"[:63]
+    *_settings, pid, backend_start = work.execute(_SESSION_SETUP, (
+        app, pg.milliseconds(options.lock_timeout), pg.milliseconds(options.statement_timeout))).fetchone()
+    if cancel is not None:
+        cancel.attach(work)
+    try:
+        yield work, RefreshLog(log_conn, spec, ctx, pid, backend_start)
+    finally:
         if cancel is not None:
-            cancel.attach(work)
-        try:
-            yield work, RefreshLog(log_conn, spec, ctx, pid, backend_start)
-        finally:
-            if cancel is not None:
-                cancel.attach(None)
+            cancel.attach(None)
 
 
-_CATALOG_OIDS = """
-SELECT c.oid FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
-JOIN pg_namespace AS n ON n.nspname = v.schema_name
-JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name AND c.relkind = 'm'
+_TRACKING_CONTEXT = """
+SELECT (SELECT array_agg(c.oid) FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
+        JOIN pg_namespace AS n ON n.nspname = v.schema_name
+        JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name AND c.relkind = 'm'),
+       ({available})
 """
 
 
 def _tracking_context(run: _Run, catalog: Catalog) -> tuple[set[int], str | None]:
     """The catalog's views by oid (their refreshes are changes), and whether this role can record what a
     refresh saw (else it refreshes as before, and says why it never proves a view unchanged)."""
-    if not tracking.available(run.work):
+    oids, available = run.work.execute(_TRACKING_CONTEXT.format(available=tracking.AVAILABLE), (
+        [v.schema for v in catalog.views], [v.name for v in catalog.views])).fetchone()
+    if not available:
         return set(), ("change tracking unavailable: this role may not write ops.mv_refresh_state and "
                        "ops.mv_source_change (run `mv-refresh init-db`, then include/sql/ops/least_privilege.sql)")
-    oids = {row[0] for row in run.work.execute(_CATALOG_OIDS, ([v.schema for v in catalog.views],
-                                                               [v.name for v in catalog.views]))}
-    return oids, None
+    return set(oids or ()), None
 
 
 def _check_view(run: _Run) -> ViewState:
@@ -571,26 +643,29 @@ def _choose(run: _Run) -> tuple[str, str | None]:
 
 
 def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
-    """Step 7: RUNNING row, refresh (or proof it is not needed), count, OK/ERROR row; the row is finished
-    before the lock is released."""
+    """Step 7: the proof (with change tracking), RUNNING row, refresh, count, OK/ERROR row; the row is finished
+    before the lock is released. A view proven unchanged gets a single OK row, method UNCHANGED."""
     spec, work = run.spec, run.work
     result = RefreshResult(spec.schema, spec.name, "RUNNING", method=method, method_reason=reason)
-    result.log_id = run.log.insert("RUNNING", method=method, reason=reason)
     started = time.monotonic()
     refreshed_at = None
     try:
         if run.cancel is not None and run.cancel.reason:
             raise psycopg.errors.QueryCanceled(f"interrupted before the refresh started: {run.cancel.reason}")
         if run.tracked is None:
-            _refresh_in_snapshot(run, result)
+            if _refresh_in_snapshot(run, result):
+                result.status, result.duration_ms = "OK", int((time.monotonic() - started) * 1000)
+                result.log_id = run.log.insert_unchanged(result)
+                _housekeeping(run, result)
+                return result
         else:
             result.method_reason = _with_notes(result.method_reason, run.tracked)
+            result.log_id = run.log.insert("RUNNING", method=result.method, reason=result.method_reason)
             _refresh(run, result)
         refreshed_at = work.execute("SELECT clock_timestamp()").fetchone()[0]
         result.duration_ms = int((time.monotonic() - started) * 1000)
         result.status = "OK"
-        if result.method != METHOD_UNCHANGED:
-            _count_rows(run, result)
+        _count_rows(run, result)
     except psycopg.Error as exc:
         result.status, result.duration_ms = "ERROR", int((time.monotonic() - started) * 1000)
         _explain(result, exc, run)
@@ -598,6 +673,9 @@ def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
         # Ctrl-C, SIGTERM (psycopg has cancelled the statement already), a task timeout (it has not):
         # stop the server-side statement, finish the row, then let the interrupt go on.
         _cancel_statement(work)
+        _rollback(work)
+        if result.log_id is None:
+            raise  # interrupted before anything was logged or ran
         if refreshed_at is None:  # the refresh itself was interrupted (and rolled back); else only the count
             result.status, result.retryable = "ERROR", True
             result.error_sqlstate, result.error_message = QUERY_CANCELED, _interruption(exc)
@@ -607,48 +685,59 @@ def _run_logged(run: _Run, method: str, reason: str | None) -> RefreshResult:
         with contextlib.suppress(psycopg.Error):
             run.log.finish(result, refreshed_at)
         raise
+    if result.log_id is None:  # failed before its RUNNING row (the proof itself): log the failure now
+        result.log_id = run.log.insert("RUNNING", method=result.method, reason=result.method_reason)
     _finish(run, result, refreshed_at)
-    if result.status == "OK" and run.tracked is None:
-        with contextlib.suppress(psycopg.Error):  # housekeeping; a role without DELETE leaves it to another
-            if result.rows_after_refresh is not None and result.method != METHOD_UNCHANGED:
-                tracking.set_rows(work, spec, result.rows_after_refresh)
-            tracking.forget_markers_seen_by_all(work)
+    if result.status == "OK":
+        _housekeeping(run, result)
     return result
 
 
-def _refresh_in_snapshot(run: _Run, result: RefreshResult) -> None:
-    """One REPEATABLE READ transaction: take the snapshot, prove the view unchanged or REFRESH it (the REFRESH
-    sees exactly that snapshot), record what the view now reflects, commit. A writer that commits meanwhile
-    is not in the snapshot: its marker stays unseen, and the next refresh refreshes."""
+def _refresh_in_snapshot(run: _Run, result: RefreshResult) -> bool:
+    """One REPEATABLE READ transaction: take the snapshot, prove the view unchanged (return True: nothing
+    refreshed, what it saw recorded) or write the RUNNING row and REFRESH (the REFRESH sees exactly that
+    snapshot) and record what the view now reflects; commit. A writer that commits meanwhile is not in the
+    snapshot: its marker stays unseen, and the next refresh refreshes."""
     spec, work = run.spec, run.work
-    while True:
+    while True:  # a second turn only when CONCURRENTLY is refused and falls back to PLAIN
         work.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         try:
             proof = tracking.prove(work, spec, run.state.oid, run.state.populated, run.catalog_oids)
-            if proof.unchanged and run.options.may_skip:
-                result.method, result.rows_after_refresh = METHOD_UNCHANGED, proof.rows
-                result.method_reason = _with_notes(proof.reason, run.access.note)
-                tracking.record(work, spec, run.state.oid, proof, log_id=result.log_id, rows=proof.rows,
-                                refreshed=False)
-            else:
-                why = proof.reason
-                if proof.unchanged:  # provably unchanged, refreshed all the same
-                    asked = "forced" if spec.on_unchanged == "skip" else "on_unchanged: refresh"
-                    why = f"{asked} ({proof.reason})"
-                result.method_reason = _with_notes(result.method_reason, why)
-                _execute_refresh(run, result.method)
-                tracking.record(work, spec, run.state.oid, proof, log_id=result.log_id, rows=None,
-                                refreshed=True)
+            if result.log_id is None:
+                if proof.unchanged and run.options.may_skip:
+                    result.method, result.rows_after_refresh = METHOD_UNCHANGED, proof.rows
+                    result.method_reason = _with_notes(proof.reason, run.access.note)
+                    tracking.record(work, spec, run.state.oid, proof, log_id=None, rows=proof.rows,
+                                    refreshed=False)
+                    work.execute("COMMIT")
+                    return True
+                result.method_reason = _with_notes(result.method_reason, _why_refreshed(spec, proof))
+                result.log_id = run.log.insert("RUNNING", method=result.method, reason=result.method_reason)
+            _execute_refresh(run, result.method)
+            tracking.record(work, spec, run.state.oid, proof, log_id=result.log_id, rows=None, refreshed=True)
             work.execute("COMMIT")
-            return
+            return False
         except psycopg.Error as exc:
             _rollback(work)
             if not _falls_back(run, result, exc):
                 raise
-        except BaseException:
-            _cancel_statement(work)
-            _rollback(work)
-            raise
+
+
+def _why_refreshed(spec: ViewSpec, proof: tracking.Proof) -> str:
+    if not proof.unchanged:
+        return proof.reason
+    asked = "forced" if spec.on_unchanged == "skip" else "on_unchanged: refresh"
+    return f"{asked} ({proof.reason})"  # provably unchanged, refreshed all the same
+
+
+def _housekeeping(run: _Run, result: RefreshResult) -> None:
+    """After an OK refresh: the row count for a later UNCHANGED, and markers every view has seen."""
+    if run.tracked is not None:
+        return
+    with contextlib.suppress(psycopg.Error):  # a role without DELETE leaves the cleanup to another
+        if result.rows_after_refresh is not None and result.method != METHOD_UNCHANGED:
+            tracking.set_rows(run.work, run.spec, result.rows_after_refresh)
+        tracking.forget_markers_seen_by_all(run.work)
 
 
 def _rollback(work: psycopg.Connection) -> None:
@@ -662,8 +751,8 @@ def _falls_back(run: _Run, result: RefreshResult, exc: psycopg.Error) -> bool:
     if not (result.method == METHOD_CONCURRENTLY and run.options.mode == "auto" and exc.sqlstate in FALLBACK_SQLSTATES):
         return False
     result.method = METHOD_PLAIN
-    result.method_reason = _with_notes(
-        f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); fell back to PLAIN", run.access.note)
+    result.method_reason = _with_notes(  # the reason it had (access path, why refreshed) stays
+        f"CONCURRENTLY refused ({exc.sqlstate}: {safe_message(exc)}); fell back to PLAIN", result.method_reason)
     run.say(f"{run.spec.display_name}: {result.method_reason}")
     return True
 

@@ -236,18 +236,14 @@ def forget_markers_seen_by_all(conn: psycopg.Connection) -> int:
     ).rowcount
 
 
-_PRIVILEGES = """
+# May this role record what a refresh saw (V005 applied and the grants given)? A scalar SQL expression.
+AVAILABLE = """
 SELECT coalesce(bool_and(has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
                          AND (c.relname = 'mv_source_change' OR has_table_privilege(c.oid, 'UPDATE'))), false)
        AND count(*) = 2
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = 'ops' AND c.relname IN ('mv_source_change', 'mv_refresh_state')
 """
-
-
-def available(conn: psycopg.Connection) -> bool:
-    """May this role record what a refresh saw (V005 applied and the grants given)?"""
-    return bool(conn.execute(_PRIVILEGES).fetchone()[0])
 
 
 # --------------------------------------------------------------------------------------------------
