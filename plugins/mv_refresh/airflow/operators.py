@@ -35,12 +35,16 @@ class MaterializedViewRefreshOperator(BaseOperator):
     :param conn_id: Airflow Postgres connection id; default: the catalog's ``connection_id``.
     :param catalog_path: catalog YAML; default ``$MV_REFRESH_CONFIG`` or ``include/mv_refresh.yaml``.
     :param mode: ``auto`` / ``concurrently`` / ``plain``; empty or ``catalog``: the catalog's mode.
-    :param only_views: when non-empty, the task refreshes only if ``view`` is listed, else it is skipped
-        (the DAG's ``views`` trigger param; templated).
+    :param only_views: when non-empty, the task refreshes only if ``view`` is selected, else it is skipped
+        (the DAG's ``views`` trigger param; templated). A name outside the catalog fails the task at once.
+    :param include_downstream: with ``only_views``, also select every view that reads a listed view,
+        directly or through others, so that no view is left older than its input (default True; templated).
     :param lock_timeout: seconds, overrides the catalog. :param statement_timeout: seconds, likewise.
     """
 
-    template_fields: Sequence[str] = ("view", "conn_id", "mode", "only_views", "lock_timeout", "statement_timeout")
+    template_fields: Sequence[str] = (
+        "view", "conn_id", "mode", "only_views", "include_downstream", "lock_timeout", "statement_timeout",
+    )
     ui_color = "#d8ecf7"
 
     def __init__(
@@ -51,6 +55,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
         catalog_path: str | None = None,
         mode: str | None = None,
         only_views: Any = None,
+        include_downstream: Any = True,
         lock_timeout: float | None = None,
         statement_timeout: float | None = None,
         **kwargs: Any,
@@ -62,6 +67,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
         self.catalog_path = catalog_path
         self.mode = mode
         self.only_views = only_views
+        self.include_downstream = include_downstream
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
 
@@ -74,11 +80,15 @@ class MaterializedViewRefreshOperator(BaseOperator):
         try:
             catalog = load_catalog(self.catalog_path)
             spec = catalog.get(self.view)
-            wanted = _as_list(self.only_views)
-            if wanted and spec.key not in {catalog.get(v).key for v in wanted}:
-                raise AirflowSkipException(f"{spec.display_name} is not among the views asked for: {wanted}")
         except CatalogError as exc:
             raise AirflowFailException(str(exc)) from None
+        skip_reason = why_not_selected(catalog, spec, self.only_views, self.include_downstream)
+        if skip_reason:
+            # Airflow's task runner logs a skip as "Skipping task." with the message only as a structured
+            # `reason` field, inside the collapsed "Post Execute" group of the UI's log view: say it here,
+            # as an ordinary line among the task's own output.
+            self.log.info("Skipping %s: %s", spec.display_name, skip_reason)
+            raise AirflowSkipException(skip_reason)
 
         from mv_refresh.db import ConfigurationError
 
@@ -115,6 +125,64 @@ class MaterializedViewRefreshOperator(BaseOperator):
             "duration_ms": result.duration_ms,
             "log_id": result.log_id,
         }
+
+
+def selected_views(catalog: Any, only_views: Any, include_downstream: Any = True) -> list[Any] | None:
+    """The views a run refreshes, in canonical order; ``None`` when ``only_views`` is empty (every view).
+
+    ``only_views`` is the DAG's ``views`` param (a list, a comma- or newline-separated text, or empty);
+    with ``include_downstream`` every view that reads a listed one (``Catalog.downstream_of``) comes too.
+    A name outside the catalog raises ``AirflowFailException`` naming it, the closest catalog name and
+    the views to choose from: a retry cannot fix a typo, and no view of the run is refreshed.
+    """
+    from mv_refresh.catalog import CatalogError
+
+    wanted = _as_list(only_views)
+    if not wanted:
+        return None
+    downstream = _as_bool(include_downstream, "include_downstream")
+    try:
+        chosen = catalog.select(wanted)
+    except CatalogError as exc:
+        raise AirflowFailException(
+            f"the run's `views` param names a view this DAG does not refresh: {exc}. Trigger the DAG again "
+            "and pick views from the form's list (or leave `views` empty to refresh every view)"
+        ) from None
+    keys = {view.key for view in chosen}
+    if downstream:
+        for view in chosen:
+            keys.update(reader.key for reader in catalog.downstream_of(view))
+    return [view for view in catalog.views if view.key in keys]
+
+
+def why_not_selected(catalog: Any, spec: Any, only_views: Any, include_downstream: Any = True) -> str | None:
+    """Why the task of ``spec`` skips in a run with these params, or ``None`` when it refreshes."""
+    selection = selected_views(catalog, only_views, include_downstream)
+    if selection is None or spec.key in {view.key for view in selection}:
+        return None
+    asked = ", ".join(catalog.get(name).display_name for name in _as_list(only_views))
+    reason = f"not selected in this run (views: {asked}"
+    reason += "; with include_downstream)" if _as_bool(include_downstream, "include_downstream") else ")"
+    stale_input = [catalog.get(key) for key in spec.upstream if key in {view.key for view in selection}]
+    if stale_input:
+        reason += (
+            f"; it reads {', '.join(view.display_name for view in stale_input)}, refreshed in this run, so "
+            f"{spec.display_name} stays older than its input until it is refreshed too"
+        )
+    return reason
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (None, "", "None"):
+        return True
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise AirflowFailException(f"the run's `{name}` param is {value!r}, not a boolean: pass true or false")
 
 
 def _as_list(value: Any) -> list[str]:
