@@ -1,9 +1,9 @@
 # Sourced by scripts/demo.sh and scripts/airflow.sh: a self-contained Airflow home under .demo/airflow
-# (SQLite metadata) that sees this project's dags/ and plugins/, and the postgres_default connection
-# pointing at MV_REFRESH_DSN.
+# (or MV_REFRESH_AIRFLOW_HOME; SQLite metadata) that sees this project's dags/ and plugins/, and the
+# postgres_default connection pointing at MV_REFRESH_DSN.
 # airflow standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
 export PATH="$BIN:$PATH"
-export AIRFLOW_HOME="$ROOT/.demo/airflow"
+export AIRFLOW_HOME="${MV_REFRESH_AIRFLOW_HOME:-$ROOT/.demo/airflow}"
 mkdir -p "$AIRFLOW_HOME"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"

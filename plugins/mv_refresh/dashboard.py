@@ -280,6 +280,7 @@ def bar_chart_svg(attempts: list[RefreshAttempt], *, metric: Literal["duration_m
     top = max(getattr(a, metric) for a in points) or 1
     left, bottom, plot_h = 44, height - 18, height - 30
     step = min((width - left - 6) / len(points), 24.0)  # a few points stay thin bars, not blocks
+    end = step * len(points)  # the newest date goes under the last bar, when there is room for both
     bars = []
     for i, attempt in enumerate(points):
         value = getattr(attempt, metric)
@@ -301,9 +302,9 @@ def bar_chart_svg(attempts: list[RefreshAttempt], *, metric: Literal["duration_m
         + "".join(bars)
         + f"<text x='{left}' y='{height - 4}' {_FONT} font-size='10' fill='#57606a'>"
         f"{_attr(_when(points[0].refresh_started_at))}</text>"
-        f"<text x='{width - 4}' y='{height - 4}' text-anchor='end' {_FONT} font-size='10' fill='#57606a'>"
-        f"{_attr(_when(points[-1].refresh_started_at)) if len(points) > 1 else ''}</text>"
-        "</svg>"
+        + (f"<text x='{left + end:.1f}' y='{height - 4}' text-anchor='end' {_FONT} font-size='10' fill='#57606a'>"
+           f"{_attr(_when(points[-1].refresh_started_at))}</text>" if end > 250 else "")
+        + "</svg>"
     )
 
 

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -157,10 +158,19 @@ class Standalone:
 
     def start(self) -> None:
         become_subreaper()
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen([self.airflow, "standalone"], env=self.env, stdout=out,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+        # A background job starts with SIGINT ignored, and exec keeps it ignored: standalone would then
+        # miss the SIGINT that asks it to stop its components in order. Give it the default for the exec.
+        restore = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            restore = signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            with open(self.log_path, "ab") as out:
+                self.process = subprocess.Popen([self.airflow, "standalone"], env=self.env, stdout=out,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True)
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGINT, restore)
 
     def health(self) -> dict | None:
         try:
