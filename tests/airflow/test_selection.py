@@ -162,5 +162,5 @@ def test_a_typo_fails_the_run_in_words_and_refreshes_nothing(demo_dsn, airflow_d
     with connect(demo_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM ops.mv_refresh_log").fetchone() == (0,)
     out = capsys.readouterr()
-    assert "the run's `views` param names a view this DAG does not refresh" in out.out + out.err
+    assert f"the run's `views` param names a view outside the catalog: '{typo}'" in out.out + out.err
     assert f"did you mean {catalog.views[0].display_name}" in out.out + out.err

@@ -8,6 +8,7 @@ retry semantics the way ``BaseSQLOperator`` does it: what a retry can fix raises
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -135,19 +136,22 @@ def selected_views(catalog: Any, only_views: Any, include_downstream: Any = True
     A name outside the catalog raises ``AirflowFailException`` naming it, the closest catalog name and
     the views to choose from: a retry cannot fix a typo, and no view of the run is refreshed.
     """
-    from mv_refresh.catalog import CatalogError
-
     wanted = _as_list(only_views)
     if not wanted:
         return None
     downstream = _as_bool(include_downstream, "include_downstream")
-    try:
-        chosen = catalog.select(wanted)
-    except CatalogError as exc:
+    unknown = [name for name in wanted if name not in catalog]
+    if unknown:
+        named = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, catalog.names, n=1)
+            named.append(repr(name) + (f" (did you mean {close[0]}?)" if close else ""))
         raise AirflowFailException(
-            f"the run's `views` param names a view this DAG does not refresh: {exc}. Trigger the DAG again "
-            "and pick views from the form's list (or leave `views` empty to refresh every view)"
-        ) from None
+            f"the run's `views` param names {'a view' if len(unknown) == 1 else 'views'} outside the catalog: "
+            f"{', '.join(named)}. No view is refreshed in this run. Trigger it again with views from: "
+            f"{', '.join(catalog.names)}; or leave `views` empty to refresh every view"
+        )
+    chosen = catalog.select(wanted)
     keys = {view.key for view in chosen}
     if downstream:
         for view in chosen:
