@@ -9,12 +9,34 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from mv_refresh.airflow.ui import URL_PREFIX, create_app
+URL_PREFIX = "/mv-refresh"
+
+
+class MvHealthApp:
+    """The page's ASGI app, built on its first request.
+
+    Every Airflow process imports the plugins, task processes included, and only the API server serves
+    the page: building it here would load FastAPI and Airflow's API security module into every task.
+    """
+
+    def __init__(self) -> None:
+        self._app = None
+
+    @property
+    def app(self):
+        if self._app is None:
+            from mv_refresh.airflow.ui import create_app
+
+            self._app = create_app()
+        return self._app
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
 
 
 class MvRefreshPlugin(AirflowPlugin):
     name = "mv_refresh"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "MV Health"}]
+    fastapi_apps = [{"app": MvHealthApp(), "url_prefix": URL_PREFIX, "name": "MV Health"}]
     # With url_route, Airflow's UI shows the page inside itself (an iframe of href) under /plugin/mv-health.
     external_views = [
         {

@@ -46,7 +46,7 @@ def airflow_app(airflow_db):
     mounted = [route.app for route in app.routes if getattr(route, "path", None) == "/mv-refresh"]
     assert len(mounted) == 1, "the plugin's app is not mounted at /mv-refresh"
     # Airflow's API is this same app: "Refresh now" reaches it in-process instead of over a socket.
-    mounted[0].state.api_transport = httpx.ASGITransport(app=app)
+    mounted[0].app.state.api_transport = httpx.ASGITransport(app=app)
     yield app
     purge_cached_app()
     patch.undo()
@@ -262,3 +262,10 @@ def test_refresh_now_refuses_another_site_and_unknown_views(client, healthy_db):
     form = client.post("/mv-refresh/refresh", data={"view": view + "x"}, follow_redirects=False)
     assert form.status_code == 303 and "error=" in form.headers["location"]
     assert len(_runs()) == before
+
+
+def test_an_undefined_connection_is_a_503_that_names_it(client, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_POSTGRES_DEFAULT", raising=False)
+    response = client.get("/mv-refresh/api/health", headers={"Authorization": f"Bearer {_token('VIEWER')}"})
+    assert response.status_code == 503
+    assert "'postgres_default' is not defined" in response.json()["detail"]

@@ -24,7 +24,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict
 
 DAG_ID = "ops_mv_refresh"
-URL_PREFIX = "/mv-refresh"
 _TEMPLATES = Path(__file__).with_name("templates")
 _API_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
@@ -72,10 +71,16 @@ def _trigger_access():
 
 def _same_origin(request: Request) -> None:
     """Refuse a cookie-authenticated POST sent from another site (the cookie is SameSite=Lax already)."""
+    from airflow.configuration import conf
+
     if request.headers.get("authorization"):
         return  # a bearer token is not sent by browsers on their own: no cross-site risk
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+    # This site, as the browser sees it: the Host header, or what a reverse proxy says it forwarded, or
+    # the configured public URL.
+    ours = {request.headers.get("host"), request.headers.get("x-forwarded-host"),
+            urlsplit(conf.get("api", "base_url", fallback="") or "").netloc} - {None, ""}
+    if origin and origin != "null" and urlsplit(origin).netloc not in ours:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"cross-site request refused (Origin {origin})")
     if request.headers.get("sec-fetch-site") == "cross-site":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")
@@ -111,6 +116,7 @@ def _catalog():
 def _connect(catalog):
     """A connection to the warehouse through the catalog's Airflow connection, as the refresh tasks use."""
     import psycopg
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     from mv_refresh.db import ConfigurationError, connect
 
@@ -120,14 +126,12 @@ def _connect(catalog):
         return connect(dsn_for_connection(catalog.connection_id), purpose="health page")
     except (psycopg.OperationalError, ConfigurationError) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
-    except Exception as exc:  # an undefined connection id: AirflowNotFoundException, whichever module
-        if type(exc).__name__ == "AirflowNotFoundException":
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"Airflow connection {catalog.connection_id!r} is not defined: define it (e.g. "
-                f"AIRFLOW_CONN_{catalog.connection_id.upper()}) so the page can read the warehouse",
-            ) from None
-        raise
+    except AirflowNotFoundException:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"Airflow connection {catalog.connection_id!r} is not defined: define it (e.g. "
+            f"AIRFLOW_CONN_{catalog.connection_id.upper()}) so the page can read the warehouse",
+        ) from None
 
 
 def _read(catalog, history: int, views: list[str] | None = None):
@@ -164,15 +168,17 @@ def _api_base(request: Request) -> str:
     configured = conf.get("api", "base_url", fallback="") or ""
     if configured:
         return configured.rstrip("/")
+    from airflow.api_fastapi.app import API_ROOT_PATH
+
     server = request.scope.get("server")
-    if not server or server[1] is None:
-        return str(request.base_url).rstrip("/").removesuffix(URL_PREFIX)
+    if not server or server[1] is None:  # a Unix socket: the address the client used
+        return f"{request.url.scheme}://{request.url.netloc}{API_ROOT_PATH.rstrip('/')}"
     host, port = server
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"{request.url.scheme}://{host}:{port}"
+    return f"{request.url.scheme}://{host}:{port}{API_ROOT_PATH.rstrip('/')}"
 
 
 async def _airflow_api(request: Request, method: str, path: str, **kwargs: Any) -> httpx.Response:
