@@ -12,9 +12,9 @@ export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
 export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
 # Sized to the machine: Airflow's default parallelism (32) means 32 LocalExecutor workers, whatever the
-# CPU count. Two task slots per CPU (at least 4); set AIRFLOW__CORE__PARALLELISM to override.
+# CPU count. Two task slots per CPU, at least 4 and at most Airflow's 32; AIRFLOW__CORE__PARALLELISM wins.
 CPUS=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
-PARALLELISM_DEFAULT=$(( CPUS * 2 > 4 ? CPUS * 2 : 4 ))
+PARALLELISM_DEFAULT=$(( CPUS * 2 < 4 ? 4 : (CPUS * 2 > 32 ? 32 : CPUS * 2) ))
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$PARALLELISM_DEFAULT}"
 # The pool the refresh tasks run in (dags/ops_mv_refresh.py reads MV_REFRESH_POOL), and its size.
 export MV_REFRESH_POOL="${MV_REFRESH_POOL:-mv_refresh}"
