@@ -38,12 +38,17 @@ class AirflowUI:
     banner: str
     pid: int
 
-    def processes(self) -> list[psutil.Process]:
-        """What `make airflow` runs now: every process below it."""
+    def command_lines(self) -> list[str]:
+        """What `make airflow` runs now: the command line of every live process below it."""
         try:
-            return psutil.Process(self.pid).children(recursive=True)
+            below = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        lines = []
+        for process in below:
+            with contextlib.suppress(psutil.Error):  # gone, or a zombie, meanwhile
+                lines.append(" ".join(process.cmdline()))
+        return lines
 
     def api_token(self) -> str:
         """A JWT for the REST API, obtained like any API client does: username and password."""

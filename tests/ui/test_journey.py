@@ -61,7 +61,7 @@ def test_make_airflow_shows_the_login_and_is_sized_to_the_machine(airflow_ui):
     pool = _api(airflow_ui, "/api/v2/pools/mv_refresh")
     assert pool["slots"] == 4
     # Parallelism from the CPU count (2 per CPU, 4 to 32): as many LocalExecutor workers, not always 32.
-    workers = [p for p in airflow_ui.processes() if "LocalExecutor" in " ".join(p.cmdline())]
+    workers = [line for line in airflow_ui.command_lines() if "LocalExecutor" in line]
     assert len(workers) == min(32, max(4, 2 * len(os.sched_getaffinity(0))))
 
 
