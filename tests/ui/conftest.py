@@ -162,3 +162,16 @@ def page(browser, airflow_ui):
     tab = context.new_page()
     yield tab
     context.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser step leaves a screenshot of the tab next to the server's log, for the reader."""
+    report = yield
+    if report.when == "call" and report.failed and "page" in item.funcargs:
+        home = item.funcargs["airflow_ui"].home if "airflow_ui" in item.funcargs else Path("/tmp")
+        path = home.parent / f"failed-{item.name}.png"
+        with contextlib.suppress(Exception):
+            item.funcargs["page"].screenshot(path=path, full_page=True)
+            report.sections.append(("screenshot", str(path)))
+    return report

@@ -87,7 +87,7 @@ def test_sign_in_and_trigger_one_view_from_the_form_then_watch_it_succeed_in_the
     page.get_by_role("option", name=first, exact=True).click()
     dialog.get_by_role("button", name="Trigger").click()
 
-    page.wait_for_url(re.compile(r".*/dags/ops_mv_refresh/runs/manual__[^/]+$"))
+    page.wait_for_url(re.compile(r".*/dags/ops_mv_refresh/runs/manual__[^/]+$"), timeout=120_000)
     run_id = page.url.rsplit("/runs/", 1)[1]
     run_id = httpx.URL(f"/{run_id}").path.lstrip("/")  # percent-decoded
     expect(page.get_by_test_id("state-badge").first).to_have_text(re.compile("Success"), timeout=RUN_SECONDS * 1000)
