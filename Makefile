@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint airflow load-test bench demo-stop clean
+.PHONY: help install demo test test-ui lint airflow load-test bench demo-stop clean
 
 help:
 	@echo "make demo      refresh the demo views through the ops_mv_refresh DAG and print their health"
 	@echo "               (embedded PostgreSQL under .demo/, or the database in MV_REFRESH_DSN)"
-	@echo "make test      all tests (TEST_DATABASE_URL names a server; else an embedded PostgreSQL)"
-	@echo "make airflow   airflow standalone on the demo database, for triggering from the UI"
+	@echo "make test      all tests but the browser ones (TEST_DATABASE_URL names a server; else an embedded PostgreSQL)"
+	@echo "make test-ui   the browser tests: Debian's chromium (/usr/bin/chromium) against make airflow"
+	@echo "make airflow   airflow standalone on the demo database: trigger from the UI, Browse > MV Health"
 	@echo "make lint      ruff"
 	@echo "make load-test 50 views, Airflow (LocalExecutor, 4 workers) + 2 CLI loops for 3 minutes"
 	@echo "make bench     benchmarks: tables, bench/out/ (results, figures; README figures to docs/img/); BENCH_SCALE=full: the long form"
@@ -30,7 +31,12 @@ demo: install
 	@bash scripts/demo.sh
 
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not ui" $(PYTEST_ARGS)
+
+# Needs Debian's chromium (apt-get install -y chromium); Playwright drives it, it downloads no browser.
+test-ui: install
+	@test -x /usr/bin/chromium || { echo "test-ui needs /usr/bin/chromium: apt-get install -y chromium"; exit 1; }
+	$(BIN)/pytest -m ui tests/ui $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

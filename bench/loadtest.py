@@ -157,6 +157,8 @@ def run_load(dsn: str, *, views: int, seconds: float, log=print) -> Outcome:
     outcome = Outcome()
     log(f"load: {views} views, {seconds:.0f} s; airflow home {home / 'airflow'}")
     _airflow(env, "db", "migrate")
+    # The refresh tasks run in this pool (dags/ops_mv_refresh.py); a task in a missing pool never starts.
+    _airflow(env, "pools", "set", "mv_refresh", "4", "mv-refresh load test")
     with open(home / "standalone.log", "w") as standalone_log:
         standalone = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=standalone_log,
                                       stderr=subprocess.STDOUT, start_new_session=True)

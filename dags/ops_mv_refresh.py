@@ -5,6 +5,7 @@ Parsing this file reads the catalog YAML and nothing else: no database access, n
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -16,6 +17,10 @@ from mv_refresh.airflow.sensors import MaterializedViewHealthSensor
 from mv_refresh.catalog import load_catalog
 
 catalog = load_catalog()
+# Refreshes share a pool, so a wide catalog cannot take every worker slot or flood the warehouse with
+# concurrent REFRESHes. The pool must exist (`make airflow` creates it); a task in a missing pool is
+# never scheduled.
+REFRESH_POOL = os.environ.get("MV_REFRESH_POOL") or "mv_refresh"
 
 DOC = f"""
 ### Materialized view refresh (mv-refresh)
@@ -37,8 +42,10 @@ otherwise, with the reason logged), the row count, then `OK` or `ERROR`.
   `mv-refresh track install`) is not refreshed: its task logs `OK` with method `UNCHANGED` in
   milliseconds, and health counts it as a fresh refresh.
 
-**Trigger params**: `views` to refresh a subset (others are skipped); `mode` to force `plain` or
-`concurrently` for this run; `force` to refresh even unchanged views.
+**Trigger params**: `views` to refresh a subset (the others skip, saying why in their log), with
+`include_downstream` (default on) adding every view that reads a picked one; `mode` to force `plain` or
+`concurrently` for this run; `force` to refresh even unchanged views. Refresh tasks run in the pool
+`{REFRESH_POOL}`.
 
 Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
 """  # noqa: S608 - Markdown for the UI, not a query
@@ -64,12 +71,25 @@ Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
         "on_failure_callback": [failure_notifier_from_env()],
     },
     params={
+        # `examples` on the Param itself makes Airflow's trigger form a multi-select of the catalog's views;
+        # "null" in the type makes it optional (clearing the select sends null). Names are checked by the
+        # refresh tasks against the catalog, with a readable error (a jsonschema `enum` would answer a typo
+        # sent through the API with a raw schema dump).
         "views": Param(
             [],
-            type="array",
-            items={"type": "string", "enum": [v.display_name for v in catalog.views]},
+            type=["array", "null"],
+            items={"type": "string"},
+            examples=catalog.names,
             title="Views to refresh",
-            description="Leave empty to refresh every view; pick some to refresh only those (the others skip).",
+            description="Empty: every view. Pick some to refresh only those (and, with include_downstream, "
+            "the views that read them); the others skip.",
+        ),
+        "include_downstream": Param(
+            True,
+            type="boolean",
+            title="Include downstream views",
+            description="Also refresh every view that reads a picked view, directly or through others, so "
+            "no view is left older than its input.",
         ),
         "force": Param(
             False,
@@ -94,7 +114,9 @@ def ops_mv_refresh():
             view=spec.display_name,
             mode="{{ params.mode }}",
             only_views="{{ params.views }}",
+            include_downstream="{{ params.include_downstream }}",
             force="{{ params.force }}",
+            pool=REFRESH_POOL,
             # Skipped upstreams (a subset run) do not block; a failed one does (stale input).
             trigger_rule="none_failed",
             execution_timeout=timedelta(seconds=spec.statement_timeout_seconds + spec.lock_timeout_seconds + 300),

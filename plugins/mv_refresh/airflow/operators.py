@@ -10,6 +10,7 @@ the log row ends ERROR ("interrupted"), instead of a backend refreshing on for n
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -37,14 +38,18 @@ class MaterializedViewRefreshOperator(BaseOperator):
     :param conn_id: Airflow Postgres connection id; default: the catalog's ``connection_id``.
     :param catalog_path: catalog YAML; default ``$MV_REFRESH_CONFIG`` or ``include/mv_refresh.yaml``.
     :param mode: ``auto`` / ``concurrently`` / ``plain``; empty or ``catalog``: the catalog's mode.
-    :param only_views: when non-empty, the task refreshes only if ``view`` is listed, else it is skipped
-        (the DAG's ``views`` trigger param; templated).
+    :param only_views: when non-empty, the task refreshes only if ``view`` is selected, else it is skipped
+        (the DAG's ``views`` trigger param; templated). A name outside the catalog fails the task at once.
+    :param include_downstream: with ``only_views``, also select every view that reads a listed view,
+        directly or through others, so that no view is left older than its input (default True; templated).
     :param lock_timeout: seconds, overrides the catalog. :param statement_timeout: seconds, likewise.
     :param force: refresh even when change tracking proves the view unchanged (templated; the DAG's ``force``).
     """
 
-    template_fields: Sequence[str] = ("view", "conn_id", "mode", "only_views", "lock_timeout", "statement_timeout",
-                                      "force")
+    template_fields: Sequence[str] = (
+        "view", "conn_id", "mode", "only_views", "include_downstream", "lock_timeout", "statement_timeout",
+        "force",
+    )
     ui_color = "#d8ecf7"
 
     def __init__(
@@ -55,6 +60,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
         catalog_path: str | None = None,
         mode: str | None = None,
         only_views: Any = None,
+        include_downstream: Any = True,
         lock_timeout: float | None = None,
         statement_timeout: float | None = None,
         force: Any = False,
@@ -67,6 +73,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
         self.catalog_path = catalog_path
         self.mode = mode
         self.only_views = only_views
+        self.include_downstream = include_downstream
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
         self.force = force
@@ -85,11 +92,15 @@ class MaterializedViewRefreshOperator(BaseOperator):
         try:
             catalog = load_catalog(self.catalog_path)
             spec = catalog.get(self.view)
-            wanted = _as_list(self.only_views)
-            if wanted and spec.key not in {catalog.get(v).key for v in wanted}:
-                raise AirflowSkipException(f"{spec.display_name} is not among the views asked for: {wanted}")
         except CatalogError as exc:
             raise AirflowFailException(str(exc)) from None
+        skip_reason = why_not_selected(catalog, spec, self.only_views, self.include_downstream)
+        if skip_reason:
+            # Airflow's task runner logs a skip as "Skipping task." with the message only as a structured
+            # `reason` field, inside the collapsed "Post Execute" group of the UI's log view: say it here,
+            # as an ordinary line among the task's own output.
+            self.log.info("Skipping %s: %s", spec.display_name, skip_reason)
+            raise AirflowSkipException(skip_reason)
 
         from mv_refresh.db import ConfigurationError
 
@@ -105,7 +116,7 @@ class MaterializedViewRefreshOperator(BaseOperator):
             result = refresh_view(
                 dsn, catalog, spec, context=run_context, mode=mode,
                 lock_timeout=_seconds(self.lock_timeout), statement_timeout=_seconds(self.statement_timeout),
-                progress=self.log.info, cancel=self._cancel, force=_flag(self.force),
+                progress=self.log.info, cancel=self._cancel, force=_as_bool(self.force, "force", default=False),
             )
         except (CatalogError, ConfigurationError) as exc:  # refused before any SQL ran: a retry cannot help
             raise AirflowFailException(str(exc)) from None
@@ -129,17 +140,74 @@ class MaterializedViewRefreshOperator(BaseOperator):
         }
 
 
+def selected_views(catalog: Any, only_views: Any, include_downstream: Any = True) -> list[Any] | None:
+    """The views a run refreshes, in canonical order; ``None`` when ``only_views`` is empty (every view).
+
+    ``only_views`` is the DAG's ``views`` param (a list, a comma- or newline-separated text, or empty);
+    with ``include_downstream`` every view that reads a listed one (``Catalog.downstream_of``) comes too.
+    A name outside the catalog raises ``AirflowFailException`` naming it, the closest catalog name and
+    the views to choose from: a retry cannot fix a typo, and no view of the run is refreshed.
+    """
+    wanted = _as_list(only_views)
+    if not wanted:
+        return None
+    downstream = _as_bool(include_downstream, "include_downstream")
+    unknown = [name for name in wanted if name not in catalog]
+    if unknown:
+        named = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, catalog.names, n=1)
+            named.append(repr(name) + (f" (did you mean {close[0]}?)" if close else ""))
+        raise AirflowFailException(
+            f"the run's `views` param names {'a view' if len(unknown) == 1 else 'views'} outside the catalog: "
+            f"{', '.join(named)}. No view is refreshed in this run. Trigger it again with views from: "
+            f"{', '.join(catalog.names)}; or leave `views` empty to refresh every view"
+        )
+    chosen = catalog.select(wanted)
+    keys = {view.key for view in chosen}
+    if downstream:
+        for view in chosen:
+            keys.update(reader.key for reader in catalog.downstream_of(view))
+    return [view for view in catalog.views if view.key in keys]
+
+
+def why_not_selected(catalog: Any, spec: Any, only_views: Any, include_downstream: Any = True) -> str | None:
+    """Why the task of ``spec`` skips in a run with these params, or ``None`` when it refreshes."""
+    selection = selected_views(catalog, only_views, include_downstream)
+    if selection is None or spec.key in {view.key for view in selection}:
+        return None
+    asked = ", ".join(catalog.get(name).display_name for name in _as_list(only_views))
+    reason = f"not selected in this run (views: {asked}"
+    reason += "; with include_downstream)" if _as_bool(include_downstream, "include_downstream") else ")"
+    stale_input = [catalog.get(key) for key in spec.upstream if key in {view.key for view in selection}]
+    if stale_input:
+        reason += (
+            f"; it reads {', '.join(view.display_name for view in stale_input)}, refreshed in this run, so "
+            f"{spec.display_name} stays older than its input until it is refreshed too"
+        )
+    return reason
+
+
+def _as_bool(value: Any, name: str, default: bool = True) -> bool:
+    """A templated boolean param (a bool, or its rendered text); empty means ``default``."""
+    if isinstance(value, bool):
+        return value
+    if value in (None, "", "None"):
+        return default
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise AirflowFailException(f"the run's `{name}` param is {value!r}, not a boolean: pass true or false")
+
+
 def _as_list(value: Any) -> list[str]:
     if value in (None, "", "None"):
         return []
     if isinstance(value, str):
         return [v.strip() for v in value.replace("\n", ",").split(",") if v.strip()]
     return [str(v) for v in value if str(v).strip()]
-
-
-def _flag(value: Any) -> bool:
-    """A templated boolean: True, "True", "true" (a rendered Jinja value) are true; everything else is not."""
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _seconds(value: Any) -> float | None:
