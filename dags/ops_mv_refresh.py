@@ -12,7 +12,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from mv_refresh.airflow.alerts import failure_notifier_from_env
-from mv_refresh.airflow.operators import MaterializedViewRefreshOperator
+from mv_refresh.airflow.operators import MaterializedViewRefreshOperator, view_asset
 from mv_refresh.airflow.sensors import MaterializedViewHealthSensor
 from mv_refresh.catalog import load_catalog
 
@@ -117,6 +117,8 @@ def ops_mv_refresh():
             include_downstream="{{ params.include_downstream }}",
             force="{{ params.force }}",
             pool=REFRESH_POOL,
+            # The views it reads: with each task's own view as its outlet, the asset graph draws the chain.
+            inlets=[view_asset(catalog.get(up).display_name) for up in spec.upstream],
             # Skipped upstreams (a subset run) do not block; a failed one does (stale input).
             trigger_rule="none_failed",
             execution_timeout=timedelta(seconds=spec.statement_timeout_seconds + spec.lock_timeout_seconds + 300),

@@ -39,7 +39,7 @@ from psycopg import sql
 
 from .catalog import Catalog, ViewSpec, format_qualified_name
 from .db import connect
-from .health import read_health
+from .health import StaleInput, read_health, stale_inputs
 from .pg import RELKIND_NAMES, USABLE_UNIQUE_INDEX
 
 __all__ = [
@@ -293,12 +293,8 @@ def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
                 if finding is not None:
                     found.add(ord_ - 1, finding)
 
-        # The latest OK refreshed_at of every catalog view: an upstream view missing from the database
-        # still has its log.
-        last_ok: dict[tuple[str, str], datetime | None] = {}
-        for ord_, status, sqlstate, message, finished, refreshed_at, running in conn.execute(_LOG, params):
+        for ord_, status, sqlstate, message, finished, _refreshed_at, running in conn.execute(_LOG, params):
             spec = views[ord_ - 1]
-            last_ok[spec.key] = refreshed_at
             # A RUNNING row (alive or abandoned) is the `running` check's to report.
             if ord_ in present and not running and status in ("ERROR", "SKIPPED", "ABANDONED"):
                 found.add(ord_ - 1, _last_status(spec, status, sqlstate, message, finished))
@@ -310,9 +306,9 @@ def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
                 if finding is not None:
                     found.add(ord_ - 1, finding)
 
-        for ord_ in sorted(present):
-            for finding in _check_stale_input(views[ord_ - 1], last_ok):
-                found.add(ord_ - 1, finding)
+        # Views older than a view they read (an upstream view missing from the database still has its log).
+        for item in stale_inputs(conn, catalog, [views[ord_ - 1] for ord_ in sorted(present)]):
+            found.add(item.view.position, _stale_input(item))
 
         used_schemas = sorted({v.schema for v in views})
         unlisted = conn.execute(_UNLISTED, {**params, "used_schemas": used_schemas}).fetchall()
@@ -532,26 +528,19 @@ def _check_running(
     )
 
 
-def _check_stale_input(spec: ViewSpec, last_ok: Mapping[tuple[str, str], datetime | None]) -> list[Finding]:
-    mine = last_ok.get(spec.key)
-    if mine is None:
-        return []  # never refreshed OK: freshness reports it
-    name = spec.display_name
-    findings = []
-    for up in spec.upstream:
-        theirs = last_ok.get(up)
-        if theirs is not None and mine < theirs:
-            up_name = format_qualified_name(*up)
-            findings.append(Finding(
-                view=name,
-                check="stale_input",
-                severity="WARN",
-                message=f"{name} was last refreshed OK at {_ts(mine)}, before its upstream {up_name} "
-                f"(refreshed OK at {_ts(theirs)}): it does not reflect {up_name}'s current data",
-                fix=f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG, which refreshes in "
-                "canonical order)",
-            ))
-    return findings
+def _stale_input(item: StaleInput) -> Finding:
+    name, up_name = item.view.display_name, item.upstream.display_name
+    through = "" if item.direct else " (through other catalog views)"
+    return Finding(
+        view=name,
+        check="stale_input",
+        severity="WARN",
+        message=f"{name} was last refreshed OK at {_ts(item.view_refreshed_at)}, before its upstream {up_name}"
+        f"{through} (refreshed OK at {_ts(item.upstream_refreshed_at)}): it does not reflect {up_name}'s current "
+        "data",
+        fix=f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG, which refreshes in "
+        "canonical order)",
+    )
 
 
 def _unlisted(catalog: Catalog, schema: str, name: str) -> Finding:

@@ -83,6 +83,46 @@ def read_health(conn: psycopg.Connection, catalog: Catalog,
     return [ViewHealth(*row) for row in rows]
 
 
+_LAST_OK = """
+SELECT v.schema_name, v.mv_name, o.ok_refreshed_at
+FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
+CROSS JOIN LATERAL ops.mv_refresh_outcome_of(v.schema_name, v.mv_name) AS o
+"""
+
+
+@dataclass(frozen=True)
+class StaleInput:
+    """A view whose data is older than the data of a view it reads, directly or through others."""
+
+    view: ViewSpec
+    upstream: ViewSpec  # the most recently refreshed of the views it is older than
+    view_refreshed_at: datetime
+    upstream_refreshed_at: datetime
+    direct: bool  # the view reads it itself (else through other catalog views)
+
+    def __str__(self) -> str:
+        how = "which it reads" if self.direct else "which it reads through other views"
+        return (f"{self.view.display_name} (data of {self.view_refreshed_at:%Y-%m-%d %H:%M:%S%z}) is older than "
+                f"{self.upstream.display_name} (data of {self.upstream_refreshed_at:%Y-%m-%d %H:%M:%S%z}), {how}")
+
+
+def stale_inputs(conn: psycopg.Connection, catalog: Catalog, views: list[ViewSpec] | None = None) -> list[StaleInput]:
+    """Views (default: all) last refreshed OK before a view they read, directly or through other views: their
+    data misses what that view holds now. One entry per view: the newest such input."""
+    chosen = list(views) if views is not None else list(catalog.views)
+    needed = {v.key: v for v in chosen} | {up.key: up for v in chosen for up in catalog.upstream_of(v)}
+    rows = conn.execute(_LAST_OK, ([k[0] for k in needed], [k[1] for k in needed])).fetchall()
+    last_ok = {(schema, name): at for schema, name, at in rows if at is not None}
+    found = []
+    for view in chosen:
+        mine = last_ok.get(view.key)
+        newer = [up for up in catalog.upstream_of(view) if mine is not None and last_ok.get(up.key, mine) > mine]
+        if newer:
+            newest = max(newer, key=lambda up: last_ok[up.key])
+            found.append(StaleInput(view, newest, mine, last_ok[newest.key], newest.key in view.upstream))
+    return found
+
+
 def worst_exit_code(rows: list[ViewHealth]) -> int:
     """The exit code for a set of rows: the worst bucket wins; nothing to judge is UNKNOWN."""
     if not rows:

@@ -46,6 +46,16 @@ def test_full_run_refreshes_every_view_in_order_and_passes_health(demo_dsn, airf
     for earlier, later in zip(rows, rows[1:], strict=False):
         assert later[7] >= earlier[8]
     assert buckets == [(v.name, "OK") for v in catalog.views]
+    # Each refresh's asset event tells its story.
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = {e.extra["view"]: e.extra for e in session.query(AssetEvent).filter(
+            AssetEvent.source_run_id == run.run_id)}
+    assert set(events) == {v.display_name for v in catalog.views}
+    assert all(e["status"] == "OK" and e["method"] == "PLAIN" and e["rows"] > 0 and e["duration_ms"] >= 0
+               for e in events.values())
     # First refresh of a view created WITH NO DATA is PLAIN; the second run goes CONCURRENTLY.
     assert {r[2] for r in rows} == {"PLAIN"}
     run2 = _dag().test()

@@ -150,6 +150,13 @@ def test_without_downstream_only_the_view_refreshes_and_its_reader_says_it_is_le
     out = capsys.readouterr()
     assert (f"Skipping {fourth.display_name}: not selected in this run (views: {third.display_name}); "
             f"it reads {third.display_name}, refreshed in this run") in out.out + out.err
+    # health_check says so: the critical view, which reads the refreshed view through others, is now older
+    # than its input: the run fails and the alert fires; the other views left behind are named in its log.
+    critical = catalog.critical_views[0]
+    assert states["health_check"] == "failed" and run.state == "failed"
+    assert (f"{critical.display_name} (data of " in out.out + out.err
+            and f"is older than {third.display_name}" in out.out + out.err)
+    assert f"{fourth.display_name} (data of " in out.out + out.err and "not a checked view" in out.out + out.err
 
 
 def test_a_typo_fails_the_run_in_words_and_refreshes_nothing(demo_dsn, airflow_db, airflow_conn, capsys):

@@ -51,6 +51,9 @@ def test_ops_mv_refresh_shape(dagbag):
     for view in catalog.views:
         task = dag.get_task(view.task_id)
         assert {u for u in task.upstream_task_ids} == {catalog.get(u).task_id for u in view.upstream}
+        # Outlet: its own view; inlets: the views it reads (the asset graph draws the chain).
+        assert [a.name for a in task.outlets] == [view.display_name]
+        assert sorted(a.name for a in task.inlets) == sorted(catalog.get(u).display_name for u in view.upstream)
     health = dag.get_task("health_check")
     assert health.trigger_rule == "all_done"
     assert health.upstream_task_ids == set(expected)

@@ -129,6 +129,13 @@ class MaterializedViewRefreshOperator(BaseOperator):
         self.log.info("%s", result.summary())
         if result.method_reason:
             self.log.info("method %s: %s", result.method, result.method_reason)
+        # The asset event tells the story of this refresh (an UNCHANGED one says so: consumers may skip it).
+        events = context.get("outlet_events")  # always there in Airflow; absent when execute() is called bare
+        for outlet in self.outlets if events is not None else ():
+            events[outlet].extra = {
+                "view": spec.display_name, "status": result.status, "method": result.method,
+                "rows": result.rows_after_refresh, "duration_ms": result.duration_ms, "log_id": result.log_id,
+            }
         return {
             "view": spec.display_name,
             "status": result.status,

@@ -1,7 +1,9 @@
 """``MaterializedViewHealthSensor``: the DAG's last word on freshness.
 
 OK -> success. WARN, CRIT or NO_REFRESH -> ``AirflowFailException`` at once (never retried: waiting does
-not make a view fresher), with the bucket, the hours and the last error. While a refresh of a checked
+not make a view fresher), with the bucket, the hours and the last error. A checked view left older than a
+view it reads (a run that refreshed an upstream view but not this one) fails it too; every other view of
+the catalog in that state is named in the log. While a refresh of a checked
 view is RUNNING *and its backend is alive* it keeps poking (reschedule mode frees the worker slot between
 pokes); a RUNNING row whose backend is gone is an abandoned refresh, judged at once. A database it cannot
 reach is an error, never an OK. When the run it belongs to had refreshes that did not end OK, it fails
@@ -59,7 +61,7 @@ class MaterializedViewHealthSensor(BaseSensorOperator):
     def poke(self, context: Any) -> bool:
         from mv_refresh.catalog import CatalogError, format_qualified_name, load_catalog
         from mv_refresh.db import connect
-        from mv_refresh.health import read_health
+        from mv_refresh.health import read_health, stale_inputs
 
         from .connection import dsn_for_connection
 
@@ -76,6 +78,7 @@ class MaterializedViewHealthSensor(BaseSensorOperator):
         # Any error reaching the database propagates: the task errors (and may retry); it never passes.
         with connect(dsn, purpose="health sensor") as conn:
             rows = read_health(conn, catalog, specs)
+            stale = stale_inputs(conn, catalog)
             ti = context["ti"]
             of_run = conn.execute(_OUTCOMES_OF_RUN, (ti.dag_id, ti.run_id)).fetchall() if self.check_run else []
         self._log_table(rows)
@@ -94,6 +97,12 @@ class MaterializedViewHealthSensor(BaseSensorOperator):
             + (f"; last error: {r.last_error}" if r.last_error else "")
             for r in rows if r.status_bucket != "OK"
         ]
+        checked = {s.key for s in specs}
+        for item in stale:
+            if item.view.key in checked:
+                problems.append(f"{item}: refresh {item.view.display_name} (or run with include_downstream)")
+            else:
+                self.log.warning("%s (not a checked view: reported, not failed)", item)
         for schema, name, status, state, message, gone in of_run:
             if status == "OK":
                 continue
