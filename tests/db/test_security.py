@@ -618,3 +618,28 @@ def test_the_script_is_in_the_ops_folder_but_is_no_migration():
     assert SCRIPT.exists()
     assert SCRIPT.name not in {m.path.name for m in discover_migrations()}
     assert Path(SQL_OPS_DIR / "V003__log_grants.sql").exists()
+
+
+def test_the_maintainer_prunes_the_tracker_installs_and_the_refresher_does_neither(sec, catalog):
+    """-v maintainer: DELETE on the log (retention); -v tracker: EXECUTE on the trigger function. The refresher
+    keeps its mirror row and the change-tracking state in step, and may erase nothing."""
+    from mv_refresh.retention import PruneRefused, prune_log
+    from mv_refresh.tracking import install
+
+    _ok(run_script(sec.admin, refresher=sec.refresher, reader=sec.reader, maintainer=sec.nobody,
+                   tracker=sec.owner, part="ops"))
+    sec.grant_views()
+    sec.execute("admin", sql.SQL("GRANT CREATE ON SCHEMA sec TO {}").format(sql.Identifier(sec.owner)))
+    sec.execute("admin", sql.SQL("ALTER TABLE sec.src OWNER TO {}").format(sql.Identifier(sec.owner)))
+    with connect(sec.dsn(sec.owner), autocommit=True) as conn:  # the tables' owner installs the trigger
+        changes = install(conn, catalog, catalog.select(["sec.mv_allowed"]))
+    assert [(c.table, c.action) for c in changes] == [("sec.src", "installed")]
+    result = refresh_view(sec.dsn(sec.refresher), catalog, "sec.mv_allowed")
+    assert result.status == "OK" and "change tracking unavailable" not in (result.method_reason or "")
+    again = refresh_view(sec.dsn(sec.refresher), catalog, "sec.mv_allowed")
+    assert (again.status, again.method) == ("OK", "UNCHANGED")
+    assert sec.scalar("SELECT count(*) FROM ops.mv_catalog WHERE mv_name = 'mv_allowed'") == 1
+    with connect(sec.dsn(sec.refresher), autocommit=True) as conn, pytest.raises(PruneRefused):
+        prune_log(conn, keep_days=1)
+    with connect(sec.dsn(sec.nobody), autocommit=True) as conn:
+        assert prune_log(conn, keep_days=1).deleted == 0  # nothing old enough; but allowed

@@ -5,7 +5,7 @@
 -- Usage (psql 10+, against the database of the ops schema):
 --
 --   psql -X -d <database> -f include/sql/ops/least_privilege.sql \
---        -v refresher=airflow_mv [-v reader=ops_reader] [-v maintainer=mv_maintainer]
+--        -v refresher=airflow_mv [-v reader=ops_reader] [-v maintainer=mv_maintainer] [-v tracker=wh_owner]
 --        [-v views='ops.mv_a,ops.mv_b'] [-v method=auto]
 --
 --   refresher  required: the refreshing role. This script creates no role (CREATE ROLE needs CREATEROLE):
@@ -13,6 +13,8 @@
 --   reader     optional: a role that may read ops.mv_refresh_log, ops.mv_catalog and the health views.
 --   maintainer optional: a role that may also DELETE old rows of the log (`mv-refresh log prune`, run by the
 --              ops_mv_health_audit DAG through its own connection). The refresher never gets DELETE.
+--   tracker    optional: the role that runs `mv-refresh track install` (the owner of the source tables):
+--              EXECUTE on the trigger function ops.mv_source_changed() (docs/change-tracking.md).
 --   views      optional: comma-separated schema.name list (quote as in SQL: lab."Weird MV");
 --              default: the materialized views listed in ops.mv_catalog (as `mv-refresh init-db` synced
 --              them from include/mv_refresh.yaml).
@@ -62,6 +64,10 @@ SET client_min_messages = warning;
 \if :{?maintainer}
 \else
     \set maintainer ''
+\endif
+\if :{?tracker}
+\else
+    \set tracker ''
 \endif
 \if :{?views}
 \else
@@ -171,6 +177,13 @@ SELECT :'chosen_method' = 'maintain' AS use_maintain, :'chosen_method' = 'functi
                      (3, 'GRANT EXECUTE ON FUNCTION ops.mv_health_of(text, text, numeric, numeric) TO %I')
              ) AS grants (step, statement)
         ORDER BY step
+        \gexec
+    \endif
+    SELECT :'tracker' <> '' AS have_tracker
+    \gset
+    \if :have_tracker
+        \echo 'Part 1: change tracking: EXECUTE on the trigger function to' :"tracker"
+        SELECT format('GRANT EXECUTE ON FUNCTION ops.mv_source_changed() TO %I', :'tracker')
         \gexec
     \endif
     SELECT :'maintainer' <> '' AS have_maintainer
