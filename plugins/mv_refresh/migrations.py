@@ -3,8 +3,11 @@
 ``apply_migrations`` applies the missing ones in version order, all in one transaction, under a
 transaction-scoped advisory lock, and records each in ``ops.schema_migrations`` with its checksum:
 running it twice does nothing the second time, and two runs at once serialise on the lock (the second
-finds everything applied). A file that changed after it was applied is refused: migrations are
-immutable, a change goes into a new file.
+finds everything applied). A file whose SQL changed after it was applied is refused: migrations are
+immutable, a change goes into a new file. Comment lines (``--`` at the start of a line) and blank lines
+are not part of the checksum, so a migration's explanation can be corrected. Databases migrated by
+earlier versions recorded checksums of the whole text: those of the texts that shipped are known, and
+are brought to the new form by the next ``init-db``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ CREATE TABLE IF NOT EXISTS ops.schema_migrations (
 """
 
 
+# Checksums of the whole file, as versions before 0.2 recorded them for the migrations they shipped, and the
+# comment-free checksum of the same text: a database that recorded one of these has exactly that SQL.
+_WHOLE_FILE_CHECKSUMS = {
+    1: {"d0bd662ec87ef4bd7d9f03d8525639a49ef6698ce3f5be3998cdb2f383f6de98":
+        "d16b2fa1a17e3f49e129e0891ec56eba6562b19a0f6a55c150c4f15130d2d2dd"},
+    2: {"da7e4d16ebbd588ac5b4920069eda71f8c8eba3a91d8310afbc636a37de58020":
+        "060340ff9f30c1cbd257d0839a23c8711ddea518fc6cf9530574256432d683b7"},
+    3: {"c49bd4b82e9c8b3362bc961aef56c50c386f9900adb9db1fa1a695e1a98d6995":
+        "1b68eab20b05a63680a65c6de2e419887391332e0a290897ecc89e8c5c13a3f2"},
+}
+
+
 class MigrationError(RuntimeError):
     """The migrations on disk and in the database disagree; the message says how to fix it."""
 
@@ -52,7 +67,10 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+        """sha256 of the SQL alone: blank lines and whole-line comments are left out."""
+        statements = [line.rstrip() for line in self.sql.splitlines()
+                      if line.strip() and not line.lstrip().startswith("--")]
+        return hashlib.sha256("\n".join(statements).encode()).hexdigest()
 
     @property
     def label(self) -> str:
@@ -99,7 +117,11 @@ def apply_migrations(
             done: list[Migration] = []
             for migration in migrations:
                 if migration.version in applied:
-                    _check_unchanged(migration, *applied[migration.version])
+                    name, recorded = applied[migration.version]
+                    _check_unchanged(migration, name, recorded)
+                    if recorded != migration.checksum:  # a whole-file checksum of an earlier version
+                        conn.execute("UPDATE ops.schema_migrations SET checksum = %s WHERE version = %s",
+                                     (migration.checksum, migration.version))
                     say(f"  {migration.label}: already applied")
                     continue
                 try:
@@ -116,7 +138,8 @@ def apply_migrations(
 
 
 def _check_unchanged(migration: Migration, applied_name: str, applied_checksum: str) -> None:
-    if applied_checksum != migration.checksum:
+    known = _WHOLE_FILE_CHECKSUMS.get(migration.version, {})
+    if migration.checksum not in (applied_checksum, known.get(applied_checksum)):
         raise MigrationError(
             f"{migration.path} changed after it was applied as version {migration.version} "
             f"({applied_name}): applied migrations are immutable. Restore the file and put the change "

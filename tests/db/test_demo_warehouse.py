@@ -9,7 +9,7 @@ from psycopg import sql
 from mv_refresh.db import connect
 from mv_refresh.demo import load_demo
 
-# The canonical order (DESIGN.md section 2), written out here rather than imported: the test checks the
+# The canonical order (the demo catalog, include/mv_refresh.yaml), written out here rather than imported: the test checks the
 # SQL against the contract, not against itself.
 CHAIN = (
     "mv_yango_payments_raw_current",

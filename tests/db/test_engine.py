@@ -1,4 +1,4 @@
-"""The logged refresh of one view, against a real PostgreSQL: every path DESIGN.md §7 names."""
+"""The logged refresh of one view, against a real PostgreSQL: every PostgreSQL case the engine tells apart (docs/architecture.md)."""
 
 from __future__ import annotations
 

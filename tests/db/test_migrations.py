@@ -67,14 +67,38 @@ def test_concurrent_init_db_runs_serialise(empty_dsn):
         assert conn.execute("SELECT count(*) FROM ops.schema_migrations").fetchone()[0] == len(applied)
 
 
-def test_a_changed_migration_is_refused(empty_dsn, tmp_path: Path):
+def test_a_changed_migration_is_refused_but_its_comments_may_be_corrected(empty_dsn, tmp_path: Path):
     folder = tmp_path / "ops"
     shutil.copytree(SQL_OPS_DIR, folder)
     apply_migrations(empty_dsn, directory=folder)
     target = sorted(folder.glob("V001__*.sql"))[0]
-    target.write_text(target.read_text() + "\n-- edited after the fact\n")
+    target.write_text("-- a corrected explanation\n\n" + target.read_text() + "\n-- and another\n")
+    assert apply_migrations(empty_dsn, directory=folder) == []
+    target.write_text(target.read_text().replace("status              text        NOT NULL,",
+                                                 "status              text        NULL,"))
     with pytest.raises(MigrationError, match=r"V001__.*changed after it was applied.*new migration"):
         apply_migrations(empty_dsn, directory=folder)
+
+
+def test_whole_file_checksums_of_earlier_versions_are_recognised_and_upgraded(empty_dsn):
+    """Databases migrated by 0.1 recorded sha256 of the whole file of V001-V003 (whose comments have since been
+    corrected): still accepted, and rewritten to the comment-free checksum."""
+    earlier = {1: "d0bd662ec87ef4bd7d9f03d8525639a49ef6698ce3f5be3998cdb2f383f6de98",
+               2: "da7e4d16ebbd588ac5b4920069eda71f8c8eba3a91d8310afbc636a37de58020",
+               3: "c49bd4b82e9c8b3362bc961aef56c50c386f9900adb9db1fa1a695e1a98d6995"}
+    apply_migrations(empty_dsn)
+    current = {m.version: m.checksum for m in discover_migrations()}
+    with connect(empty_dsn, autocommit=True) as conn:
+        for version, checksum in earlier.items():
+            conn.execute("UPDATE ops.schema_migrations SET checksum = %s WHERE version = %s", (checksum, version))
+    assert apply_migrations(empty_dsn) == []
+    with connect(empty_dsn) as conn:
+        recorded = dict(conn.execute("SELECT version, checksum FROM ops.schema_migrations").fetchall())
+    assert recorded == current
+    with connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE ops.schema_migrations SET checksum = repeat('0', 64) WHERE version = 2")
+    with pytest.raises(MigrationError, match="V002__"):
+        apply_migrations(empty_dsn)
 
 
 def test_a_badly_named_migration_is_refused(tmp_path: Path):

@@ -1,4 +1,4 @@
--- V001: the refresh log. One row per refresh attempt; the public contract of DESIGN.md §3.
+-- V001: the refresh log. One row per refresh attempt; the public contract of docs/architecture.md ("The log contract").
 -- Applied by `mv-refresh init-db` (inside one transaction, under an advisory lock); idempotent on its own.
 --
 -- Times come from the database clock (clock_timestamp()), never from a worker's clock.

@@ -1,4 +1,4 @@
--- V002: the catalog as the database sees it, and the health views (DESIGN.md §3).
+-- V002: the catalog as the database sees it, and the health views (docs/architecture.md).
 --
 -- ops.mv_catalog mirrors include/mv_refresh.yaml (written by `mv-refresh init-db` and by every refresh
 -- task), so health is computed in SQL, from the database clock, with each view's own thresholds, and
@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS ops.mv_catalog (
 COMMENT ON TABLE ops.mv_catalog IS
     'The materialized views mv-refresh manages (mirror of include/mv_refresh.yaml), in canonical order.';
 
--- The health of one view, as one row. Buckets (DESIGN.md §3): OK below warn (24 h), WARN from warn to
+-- The health of one view, as one row. Buckets (docs/architecture.md): OK below warn (24 h), WARN from warn to
 -- crit inclusive (24-48 h), CRIT above crit, NO_REFRESH when there has never been an OK refresh.
 -- last_error is the error of the newest failed attempt since the last OK refresh (NULL once an OK
 -- refresh followed it): an error that has been fixed is not news.

@@ -13,7 +13,7 @@
 
 -- Nobody may create objects in ops except its owner and whom the owner grants CREATE: an object planted
 -- in ops (a table, a function, an operator) could otherwise shadow ours. USAGE is left as it is: readers
--- of the views that live in ops (DESIGN.md §2) may have it through PUBLIC on purpose.
+-- of the views that live in ops (the Yango chain) may have it through PUBLIC on purpose.
 REVOKE CREATE ON SCHEMA ops FROM PUBLIC;
 
 -- The log, the catalog mirror and the migration bookkeeping: by grant only.
