@@ -34,7 +34,7 @@ __all__ = [
 NAME_MAX_BYTES = 63
 
 #: Keywords ``quote_ident()`` quotes: ``SELECT word FROM pg_get_keywords() WHERE catcode <> 'U'``,
-#: the union of PostgreSQL 15 and 18 (tests/db/test_names.py compares it with the live server).
+#: the union of PostgreSQL 15 and 18 (tests/db/test_names_on_server.py checks it against the server).
 RESERVED_KEYWORDS = frozenset(
     """
     all analyse analyze and any array as asc asymmetric authorization between bigint binary bit boolean
@@ -202,7 +202,8 @@ def _scan(text: str, pos: int, role: str, parts: int) -> tuple[str, int]:
     return value, end
 
 
-_PLAIN = (re.compile(r"([a-z_][a-z0-9_$]{0,62})"), re.compile(r"([a-z_][a-z0-9_$]{0,62})\.([a-z_][a-z0-9_$]{0,62})"))
+_PLAIN_PART = r"([a-z_][a-z0-9_$]{0,62})"  # at most 63 bytes, all ASCII
+_PLAIN = (re.compile(_PLAIN_PART), re.compile(rf"{_PLAIN_PART}\.{_PLAIN_PART}"))
 
 
 def _parse(text: object, kind: str, parts: int) -> list[str]:

@@ -1,6 +1,6 @@
 """PostgreSQL's name rules, offline (mv_refresh.names), and the error type they share with the catalog.
 
-tests/db/test_names.py checks the same functions against a live server (keywords, quote_ident, lexer).
+tests/db/test_names_on_server.py checks them against a live server (keywords, quote_ident, lexer).
 """
 
 from __future__ import annotations
