@@ -1,390 +1,238 @@
-"""The catalog of materialized views (``include/mv_refresh.yaml``) and its strict loader.
+"""The catalog of materialized views (``include/mv_refresh.yaml``): its schema and its strict loader.
 
 The catalog is the allow-list: nothing outside it is ever refreshed. It lists the views in canonical
-(refresh) order with their settings, and it is validated when loaded: every problem is a
-:class:`CatalogError` that names the file, the line, the entry and the fix.
+(refresh) order with their settings. Its shape is declared once, as pydantic models, which also give
+the JSON Schema editors check it with (``mv-refresh catalog schema``). The loader adds what a schema
+cannot say: the line of every problem, keys repeated in a mapping (YAML would silently keep the last),
+and the checks across views (duplicates, unknown or misplaced upstream views, cycles, Airflow task
+ids). All problems of a file are reported at once, as one :class:`CatalogError` whose every line names
+the file, the line, the entry and the fix. docs/catalog.md describes every key.
 
-The loader walks the YAML node tree (``yaml.compose``) instead of loading plain Python objects, so that
-every value keeps its line number and a key repeated inside one mapping is caught (PyYAML would silently
-keep the last one).
-
-Names follow PostgreSQL's rules: ``schema.name`` where each part is a lowercase unquoted identifier
-(``[a-z_][a-z0-9_$]*``) or a double-quoted one (``"Weird MV"``, ``""`` for a quote inside), at most
-63 bytes in UTF-8. Parsed names are kept unquoted, as PostgreSQL stores them in the catalogs
-(``pg_class.relname``); build SQL from them with ``psycopg.sql.Identifier``, never by formatting text.
-
-Nothing here imports Airflow.
+Names follow PostgreSQL's rules (:mod:`mv_refresh.names`). Nothing here imports Airflow.
 """
 
 from __future__ import annotations
 
 import difflib
+import graphlib
 import hashlib
-import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from mv_refresh.names import (
+    NAME_MAX_BYTES,
+    CatalogError,
+    format_qualified_name,
+    parse_identifier,
+    parse_qualified_name,
+    quote_identifier,
+    show,
+)
 from mv_refresh.paths import catalog_path
+from mv_refresh.yamldoc import Loc, Problem, YamlDocument, describe
 
 __all__ = [
-    "DEFAULT_CONNECTION_ID",
-    "MODES",
-    "NAME_MAX_BYTES",
-    "VIEW_DEFAULTS",
-    "Catalog",
-    "CatalogError",
-    "ViewSpec",
-    "format_qualified_name",
-    "load_catalog",
-    "parse_catalog",
-    "parse_identifier",
-    "parse_qualified_name",
+    "DEFAULT_CONNECTION_ID", "MAX_CATALOG_BYTES", "MODES", "NAME_MAX_BYTES", "ON_UNCHANGED", "VIEW_DEFAULTS",
+    "VIEW_KEYS", "Catalog", "CatalogError", "CatalogFile", "ViewRef", "ViewSpec", "catalog_json_schema",
+    "format_qualified_name", "load_catalog", "parse_catalog", "parse_identifier", "parse_qualified_name",
+    "quote_identifier",
 ]
 
-#: PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated by the server.
-NAME_MAX_BYTES = 63
 #: Refresh modes: ``auto`` (CONCURRENTLY when possible, else plain, logging why), ``concurrently``
 #: (never fall back), ``plain``.
 MODES = ("auto", "concurrently", "plain")
+#: What a refresh does when it can prove the view's sources unchanged since its last OK refresh.
+ON_UNCHANGED = ("skip", "refresh")
 SUPPORTED_VERSION = 1
 DEFAULT_CONNECTION_ID = "postgres_default"
-#: Settings a view inherits when neither the view nor ``defaults:`` sets them.
-VIEW_DEFAULTS: dict[str, Any] = {
-    "mode": "auto",
-    "warn_after_hours": 24.0,
-    "crit_after_hours": 48.0,
-    "lock_timeout_seconds": 60.0,
-    "statement_timeout_seconds": 3600.0,
-}
-
-TOP_LEVEL_KEYS = ("version", "connection_id", "defaults", "views")
-VIEW_KEYS = (
-    "name",
-    "description",
-    "critical",
-    "grain",
-    "upstream",
-    "mode",
-    "warn_after_hours",
-    "crit_after_hours",
-    "lock_timeout_seconds",
-    "statement_timeout_seconds",
-)
-DEFAULTABLE_KEYS = tuple(VIEW_DEFAULTS)
-_HOUR_KEYS = ("warn_after_hours", "crit_after_hours")
-_TIMEOUT_KEYS = ("lock_timeout_seconds", "statement_timeout_seconds")
+#: The demo catalog is 4 KB and 500 views take about 80 KB: a bigger file is a mistake, and would slow
+#: down every DAG parse.
+MAX_CATALOG_BYTES = 1024 * 1024
+MAX_HOURS = 876_000.0  # 100 years: anything above is a typo, and keeps interval arithmetic sane
 # lock_timeout / statement_timeout are int milliseconds in PostgreSQL: below 1 ms rounds to 0, which
 # means "no timeout", and above INT_MAX ms the SET fails.
-_MIN_TIMEOUT_SECONDS = 0.001
-_MAX_TIMEOUT_SECONDS = 2_147_483.647
-_MAX_HOURS = 876_000.0  # 100 years: anything above is a typo, and keeps interval arithmetic sane
-_MAX_CONNECTION_ID_LENGTH = 250
-
-# Keys people reach for that mean one of ours (difflib cannot guess these from spelling).
-_KEY_HINTS = {
-    "depends_on": "upstream",
-    "dependencies": "upstream",
-    "deps": "upstream",
-    "parents": "upstream",
-    "sources": "upstream",
-    "unique_key": "grain",
-    "unique_columns": "grain",
-    "key_columns": "grain",
-    "primary_key": "grain",
-    "keys": "grain",
-    "method": "mode",
-    "refresh_mode": "mode",
-    "concurrent": "mode",
-    "concurrently": "mode",
-    "lock_timeout": "lock_timeout_seconds",
-    "statement_timeout": "statement_timeout_seconds",
-    "timeout": "statement_timeout_seconds",
-    "mv": "name",
-    "view": "name",
-    "conn_id": "connection_id",
-    "postgres_conn_id": "connection_id",
-    "connection": "connection_id",
-    "materialized_views": "views",
-    "mvs": "views",
-}
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_UNQUOTED_RE = re.compile(r"[a-z_][a-z0-9_$]*")
-_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-_TASK_SAFE_RE = re.compile(r"[a-z_][a-z0-9_]*")
-_TASK_UNSAFE_CHAR_RE = re.compile(r"[^A-Za-z0-9_]")
-_LOOKS_NUMERIC_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS = 0.001, 2_147_483.647
+SCHEMA_ID = "urn:mv-refresh:catalog:1"
 _TASK_ID_MAX = 250  # Airflow's limit on task ids
 
 # --------------------------------------------------------------------------------------------------
-# Errors
+# The schema
 
 
-class CatalogError(ValueError):
-    """A catalog (or a view name) that cannot be used, with where it is and how to fix it.
+def _refuse(problem: str, fix: str, at: int | None = None) -> PydanticCustomError:
+    """A problem in our own words; ``at`` is the item of a list at fault."""
+    return PydanticCustomError("catalog", "{problem}", {"problem": problem, "fix": fix, "at": at})
 
-    ``source`` is the catalog file (or ``None`` for a name given elsewhere, e.g. on the command line),
-    ``line`` the 1-based line in it (``None`` when no line applies, e.g. a missing file), ``entry`` the
-    thing at fault (``views[2].mode (ops.mv_x)``, a view name, a top-level key), ``problem`` what is wrong
-    and ``fix`` what to do about it.
-    """
 
-    def __init__(
-        self,
-        problem: str,
-        *,
-        source: str | None = None,
-        line: int | None = None,
-        entry: str | None = None,
-        fix: str | None = None,
-    ) -> None:
-        self.problem = problem
-        self.source = source
-        self.line = line
-        self.entry = entry
-        self.fix = fix
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        where = ", ".join(
-            part for part in (self.source, f"line {self.line}" if self.line is not None else None) if part
-        )
-        text = self.problem
-        if self.entry:
-            text = f"{self.entry}: {text}"
-        if where:
-            text = f"{where}: {text}"
-        if self.fix:
-            text = f"{text.rstrip('.')}. Fix: {self.fix}"
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except CatalogError as exc:
+            raise _refuse(exc.problem, exc.fix or "") from None
         return text
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.problem, self.source, self.line, self.entry, self.fix))
+    return check
 
 
-def _rebuild_error(cls: type[CatalogError], problem, source, line, entry, fix) -> CatalogError:
-    return cls(problem, source=source, line=line, entry=entry, fix=fix)
+def _unique(parse: Callable[[str], Any], what: str) -> Callable[[list[str]], list[str]]:
+    def check(items: list[str]) -> list[str]:
+        seen: dict[Any, int] = {}
+        for index, text in enumerate(items):
+            key = parse(text)
+            if (first := seen.setdefault(key, index)) != index:
+                shown = quote_identifier(key) if isinstance(key, str) else format_qualified_name(*key)
+                raise _refuse(f"{what} {shown} is listed twice (as items {first} and {index})",
+                              "remove the repeated entry", at=index)
+        return items
+
+    return check
 
 
-# --------------------------------------------------------------------------------------------------
-# Names
+def _connection_id(text: str) -> str:
+    if not text or len(text) > 250 or any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise _refuse(f"invalid Airflow connection id {show(text, 40)}: it must be 1 to 250 characters "
+                      "without spaces", _FIX["connection_id"])
+    return text
 
 
-class _NameProblem(Exception):
-    def __init__(self, problem: str, fix: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.fix = fix
+# For editors: the shape of a name (the loader also checks lengths and escapes).
+_PART = r'(?:[a-z_][a-z0-9_$]*|(?:[Uu]&)?"(?:[^"]|"")+")'
+ViewName = Annotated[str, AfterValidator(_checked(parse_qualified_name)), WithJsonSchema(
+    {"type": "string", "pattern": f"^{_PART}\\.{_PART}$", "description": "schema.view (docs/catalog.md)"})]
+Column = Annotated[str, AfterValidator(_checked(parse_identifier)),
+                   WithJsonSchema({"type": "string", "pattern": f"^{_PART}$"})]
+Hours = Annotated[float, Field(gt=0, le=MAX_HOURS, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(ge=MIN_TIMEOUT_SECONDS, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
 
 
-def _show(text: object, limit: int = 80) -> str:
-    """A printable, bounded rendering of user input for messages."""
-    if isinstance(text, str) and len(text) > limit:
-        return repr(text[:limit]) + f"... ({len(text)} characters)"
-    if isinstance(text, int) and text.bit_length() > 256:
-        # YAML reads hex/binary/sexagesimal literals of any length; Python refuses to print an int of
-        # more than 4,300 digits, and no setting wants one anyway.
-        return f"an integer of {text.bit_length():,} bits"
-    shown = repr(text)
-    return shown if len(shown) <= limit + 2 else shown[:limit] + "..."
+class _Strict(BaseModel):
+    # strict: a quoted number or a quoted true stays an error, as the user wrote it.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-_QUOTE_FIX = 'double-quote a part that really contains such characters, e.g. ops."my view"'
+def _thresholds(model: _Settings, fallback: _Settings | None, own: str) -> None:
+    """warn_after_hours < crit_after_hours, once ``model``'s unset ones come from ``fallback``."""
+    told = {}
+    for key in ("warn_after_hours", "crit_after_hours"):
+        if key in model.model_fields_set:
+            told[key] = (getattr(model, key), own)
+        elif fallback is not None and key in fallback.model_fields_set:
+            told[key] = (getattr(fallback, key), "defaults")
+        else:
+            told[key] = (VIEW_DEFAULTS[key], "built-in")
+    if told["warn_after_hours"][0] >= told["crit_after_hours"][0]:
+        at = "crit_after_hours" if told["crit_after_hours"][1] == own else "warn_after_hours"
+        raise PydanticCustomError("thresholds", "warn_after_hours must be below crit_after_hours",
+                                  {"told": told, "at": at})
 
 
-def _scan_identifier(text: str, pos: int, role: str) -> tuple[str, int]:
-    """Read one identifier of ``text`` starting at ``pos``; return its unquoted value and the end."""
-    if pos >= len(text):
-        raise _NameProblem(f"the {role} is missing", "write it as schema.name")
-    first = text[pos]
-    if first == '"':
-        pieces: list[str] = []
-        i = pos + 1
-        while True:
-            j = text.find('"', i)
-            if j < 0:
-                raise _NameProblem(
-                    f"the double quote opened at position {pos} is never closed",
-                    'close the quoted identifier with " (write a double quote inside it as "")',
-                )
-            pieces.append(text[i:j])
-            if text.startswith('"', j + 1):  # "" is an escaped quote inside a quoted identifier
-                pieces.append('"')
-                i = j + 2
-                continue
-            end = j + 1
-            break
-        value = "".join(pieces)
-        if not value:
-            raise _NameProblem(
-                f'the {role} is an empty quoted identifier ("")',
-                "PostgreSQL has no empty identifiers: write the real name",
-            )
-        if "\x00" in value:
-            raise _NameProblem(
-                f"the {role} contains a NUL character", "remove it: PostgreSQL names cannot hold NUL"
-            )
-    else:
-        match = _WORD_RE.match(text, pos)
-        if match is None:
-            raise _NameProblem(
-                f"unexpected {first!r} at position {pos} where the {role} should start",
-                "an unquoted identifier starts with a lowercase letter or _ and holds only a-z, 0-9, _ "
-                f"and $; {_QUOTE_FIX}",
-            )
-        value = match.group()
-        end = match.end()
-        if not _UNQUOTED_RE.fullmatch(value):
-            raise _NameProblem(
-                f"the unquoted {role} {value!r} has uppercase letters (PostgreSQL folds unquoted names "
-                "to lowercase, so it would name a different object)",
-                "write it in lowercase, or double-quote it to keep the case",
-            )
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise _NameProblem(
-            f"the {role} is not valid Unicode (it holds a lone surrogate)", "write the name in valid UTF-8"
-        ) from None
-    if size > NAME_MAX_BYTES:
-        raise _NameProblem(
-            f"the {role} is {size} bytes long in UTF-8; PostgreSQL identifiers hold at most "
-            f"{NAME_MAX_BYTES} bytes (NAMEDATALEN) and longer ones are silently truncated",
-            f"shorten it to {NAME_MAX_BYTES} bytes or fewer",
-        )
-    return value, end
+class _Settings(_Strict):
+    mode: Literal["auto", "concurrently", "plain"] = Field("auto", description=(
+        "auto: CONCURRENTLY when the view has a valid unique index without WHERE, else plain (the log "
+        "says why); concurrently: never fall back; plain: always REFRESH without CONCURRENTLY."))
+    warn_after_hours: Hours = Field(24.0, description="Health is WARN from this many hours since the "
+                                    "last OK refresh; below crit_after_hours.")
+    crit_after_hours: Hours = Field(48.0, description="Health is CRIT above this many hours since the "
+                                    "last OK refresh.")
+    lock_timeout_seconds: Seconds = Field(60.0, description="How long a refresh waits for its locks "
+                                          "before giving up (a retryable failure).")
+    statement_timeout_seconds: Seconds = Field(3600.0, description="How long the REFRESH may run.")
+    on_unchanged: Literal["skip", "refresh"] = Field("skip", description=(
+        "When the sources are provably unchanged since the last OK refresh: skip logs an UNCHANGED row "
+        "instead of refreshing; refresh refreshes anyway."))
 
 
-def _parse_qualified(text: object) -> tuple[str, str]:
-    if not isinstance(text, str):
-        raise _NameProblem(f"a view name must be text, not {type(text).__name__}", "write it as schema.name")
-    if not text:
-        raise _NameProblem("the name is empty", "write it as schema.name, e.g. ops.mv_orders")
-    if text != text.strip():
-        raise _NameProblem("the name has whitespace around it", "remove the whitespace: write schema.name")
-    if text.startswith("."):
-        raise _NameProblem("the schema before the '.' is empty", "write it as schema.name")
-    schema, pos = _scan_identifier(text, 0, "schema")
-    if pos == len(text):
-        raise _NameProblem(
-            "the schema is missing (only one part was given)",
-            f"write it as schema.name, e.g. ops.{text}",
-        )
-    if text[pos] != ".":
-        raise _NameProblem(
-            f"unexpected {text[pos : pos + 20]!r} at position {pos} after the schema",
-            f"write it as schema.name; {_QUOTE_FIX}",
-        )
-    pos += 1
-    if pos == len(text):
-        raise _NameProblem("the name after the '.' is empty", "write it as schema.name")
-    name, pos = _scan_identifier(text, pos, "name")
-    if pos < len(text):
-        if text[pos] == ".":
-            raise _NameProblem(
-                "too many dotted parts: a view is named by exactly two (schema.name)",
-                "write it as schema.name, without a database or another qualifier",
-            )
-        raise _NameProblem(
-            f"unexpected {text[pos : pos + 20]!r} at position {pos} after the name",
-            f"remove it: a view name is schema.name and nothing else; {_QUOTE_FIX}",
-        )
-    return schema, name
+class Defaults(_Settings):
+    """Settings every view inherits unless it sets its own."""
+
+    @model_validator(mode="after")
+    def _warn_below_crit(self) -> Defaults:
+        _thresholds(self, None, "defaults")
+        return self
 
 
-def parse_qualified_name(
-    text: str, *, source: str | None = None, line: int | None = None, entry: str | None = None
-) -> tuple[str, str]:
-    """Parse ``schema.name`` (each part plain lowercase or double-quoted) into its unquoted parts.
-
-    ``'ops."Weird MV"'`` gives ``("ops", "Weird MV")``. Anything else (one part, three parts,
-    whitespace, trailing text such as ``; drop table x``, uppercase unquoted letters, a part over 63
-    bytes) raises :class:`CatalogError`; no other exception escapes for any ``str`` input. ``source``,
-    ``line`` and ``entry`` only label the error.
-    """
-    try:
-        return _parse_qualified(text)
-    except _NameProblem as exc:
-        raise CatalogError(
-            f"invalid view name {_show(text)}: {exc.problem}",
-            source=source,
-            line=line,
-            entry=entry,
-            fix=exc.fix,
-        ) from None
+class _ViewKeys(_Strict):
+    name: ViewName = Field(description="schema.view; double-quote a part with capitals or other "
+                           "characters: 'ops.\"Weird MV\"'", examples=["ops.mv_orders"])
+    description: str | None = Field(None, description="Free text, shown in the UI and the CLI.")
+    critical: bool = Field(False, description="Checked by the health_check sensor and the health audit.")
+    grain: Annotated[list[Column], AfterValidator(_unique(parse_identifier, "column"))] = Field(
+        default_factory=list, min_length=1, examples=[["driver_id", "milestone_value"]],
+        description="The columns that identify a row: for the duplicate check and the unique index "
+                    "REFRESH ... CONCURRENTLY needs.")
+    upstream: Annotated[list[ViewName], AfterValidator(_unique(parse_qualified_name, "upstream"))] = Field(
+        default_factory=list, description="Catalog views this view reads; each listed above this view.")
 
 
-def parse_identifier(
-    text: str, *, source: str | None = None, line: int | None = None, entry: str | None = None
-) -> str:
-    """Parse one identifier (a column of a grain) with the rules of :func:`parse_qualified_name`."""
-    try:
-        if not isinstance(text, str):
-            raise _NameProblem(
-                f"a column name must be text, not {type(text).__name__}", "write the column name"
-            )
-        if not text:
-            raise _NameProblem("the column name is empty", "write the column name")
-        if text != text.strip():
-            raise _NameProblem("the column name has whitespace around it", "remove the whitespace")
-        value, pos = _scan_identifier(text, 0, "column name")
-        if pos < len(text):
-            if text[pos] == ".":
-                raise _NameProblem(
-                    "a column name has exactly one part",
-                    "write the bare column name, without a table or schema",
-                )
-            raise _NameProblem(
-                f"unexpected {text[pos : pos + 20]!r} at position {pos} after the column name",
-                f"remove it; {_QUOTE_FIX.replace('ops.', '')}",
-            )
-        return value
-    except _NameProblem as exc:
-        raise CatalogError(
-            f"invalid column name {_show(text)}: {exc.problem}",
-            source=source,
-            line=line,
-            entry=entry,
-            fix=exc.fix,
-        ) from None
+class ViewEntry(_Settings, _ViewKeys):  # in this order, pydantic lists the _ViewKeys first
+    """One materialized view. A setting it does not set comes from defaults:, else the built-in default."""
+
+    model_config = ConfigDict(title="View")
+
+    @model_validator(mode="after")
+    def _warn_below_crit(self, info: ValidationInfo) -> ViewEntry:
+        own = {"warn_after_hours", "crit_after_hours"} & self.model_fields_set
+        defaults = (info.context or {}).get("defaults", Defaults())
+        if own and (defaults is not None or len(own) == 2):  # bad defaults are reported on their own
+            _thresholds(self, defaults, "view")
+        return self
 
 
-def _display_identifier(value: str) -> str:
-    if _UNQUOTED_RE.fullmatch(value):
-        return value
-    return '"' + value.replace('"', '""') + '"'
+class CatalogFile(_Strict):
+    """The catalog of materialized views that mv-refresh refreshes, in canonical (refresh) order."""
+
+    model_config = ConfigDict(title="mv-refresh catalog")
+
+    version: Annotated[int, Field(ge=1, le=1, json_schema_extra={"const": 1})] = Field(
+        description="The catalog format; 1 is the only one.")
+    connection_id: Annotated[str, AfterValidator(_connection_id)] = Field(
+        DEFAULT_CONNECTION_ID, description="The Airflow connection of the warehouse.",
+        json_schema_extra={"minLength": 1, "maxLength": 250, "pattern": r"^\S+$"})
+    defaults: Defaults | None = Field(None, description="Settings every view inherits.")
+    views: list[ViewEntry] = Field(min_length=1, description="The views, upstream ones first.")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _views_see_defaults(cls, data: Any, handler: Callable[[Any], CatalogFile],
+                            info: ValidationInfo) -> CatalogFile:
+        # A view checks its thresholds against the defaults it inherits: validate those first, for it.
+        if isinstance(info.context, dict) and isinstance(data, dict):
+            try:
+                info.context["defaults"] = Defaults.model_validate(data.get("defaults") or {})
+            except ValidationError:
+                info.context["defaults"] = None  # the handler reports these problems
+        return handler(data)
 
 
-def format_qualified_name(schema: str, name: str) -> str:
-    """``schema.name`` for people, quoting a part only when it is not a plain lowercase identifier.
-
-    The result parses back with :func:`parse_qualified_name`. It is for messages and logs, not SQL
-    (it does not quote reserved words): build SQL with ``psycopg.sql.Identifier``.
-    """
-    return f"{_display_identifier(schema)}.{_display_identifier(name)}"
+#: Settings a view inherits when neither the view nor ``defaults:`` sets them.
+VIEW_DEFAULTS: dict[str, Any] = {key: info.default for key, info in _Settings.model_fields.items()}
+VIEW_KEYS = tuple(ViewEntry.model_fields)
 
 
-def _task_id(schema: str, name: str) -> str:
-    if _TASK_SAFE_RE.fullmatch(name) and len(name) <= _TASK_ID_MAX - len("refresh_"):
-        return f"refresh_{name}"
-    raw = f"refresh_{schema}_{name}"
-    safe = _TASK_UNSAFE_CHAR_RE.sub("_", raw)
-    if safe != raw or len(safe) > _TASK_ID_MAX:
-        # NUL cannot occur in an identifier, so it separates the parts unambiguously.
-        digest = hashlib.sha256(f"{schema}\x00{name}".encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        safe = f"{safe[: _TASK_ID_MAX - 9]}_{digest}"
-    return safe
+def catalog_json_schema() -> dict[str, Any]:
+    """The catalog's JSON Schema (Draft 2020-12), as shipped in ``include/mv_refresh.schema.json``."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            **CatalogFile.model_json_schema()}
 
 
 # --------------------------------------------------------------------------------------------------
-# The model
+# The resolved catalog
 
 
 @dataclass(frozen=True)
@@ -413,7 +261,7 @@ class ViewSpec:
 
     @property
     def display_name(self) -> str:
-        """``schema.name``, double-quoting a part only when needed; parses back to :attr:`key`."""
+        """``schema.name`` as PostgreSQL would quote it; parses back to :attr:`key`."""
         return format_qualified_name(self.schema, self.name)
 
     @property
@@ -424,7 +272,15 @@ class ViewSpec:
         replaced by ``_`` and, when that changed anything, a stable 8-hex-digit hash of the real name
         appended (so two names that sanitize alike still differ).
         """
-        return _task_id(self.schema, self.name)
+        if re.fullmatch(r"[a-z_][a-z0-9_]*", self.name) and len(self.name) <= _TASK_ID_MAX - 8:
+            return f"refresh_{self.name}"
+        raw = f"refresh_{self.schema}_{self.name}"
+        safe = re.sub(r"[^A-Za-z0-9_]", "_", raw)
+        if safe != raw or len(safe) > _TASK_ID_MAX:
+            # NUL cannot occur in an identifier, so it separates the parts unambiguously.
+            digest = hashlib.sha256(f"{self.schema}\x00{self.name}".encode("utf-8", "surrogatepass"))
+            safe = f"{safe[: _TASK_ID_MAX - 9]}_{digest.hexdigest()[:8]}"
+        return safe
 
     def __str__(self) -> str:
         return self.display_name
@@ -434,29 +290,22 @@ class ViewSpec:
 ViewRef = str | tuple[str, str] | ViewSpec
 
 
+def _listing(names: list[str], limit: int = 30) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
 @dataclass(frozen=True)
 class Catalog:
-    """The views, in canonical order, and where they came from."""
+    """The views, in canonical order (every view below the views it reads), and where they came from."""
 
     source: str
     connection_id: str
     views: tuple[ViewSpec, ...]
     _by_key: dict[tuple[str, str], ViewSpec] = field(init=False, repr=False, compare=False)
-    _readers: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(
-        init=False, repr=False, compare=False
-    )
 
     def __post_init__(self) -> None:
-        views = tuple(self.views)
-        object.__setattr__(self, "views", views)
-        object.__setattr__(self, "_by_key", {view.key: view for view in views})
-        readers: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        for view in views:
-            for up in view.upstream:
-                readers.setdefault(up, []).append(view.key)
-        object.__setattr__(self, "_readers", {key: tuple(keys) for key, keys in readers.items()})
-
-    # -- lookups ------------------------------------------------------------------------------------
+        object.__setattr__(self, "views", tuple(self.views))
+        object.__setattr__(self, "_by_key", {view.key: view for view in self.views})
 
     def __iter__(self) -> Iterator[ViewSpec]:
         return iter(self.views)
@@ -483,58 +332,40 @@ class Catalog:
     def _key_of(self, ref: ViewRef) -> tuple[str, str]:
         if isinstance(ref, ViewSpec):
             return ref.key
-        if isinstance(ref, tuple):
-            if len(ref) == 2 and all(isinstance(part, str) for part in ref):
-                return (ref[0], ref[1])
-            raise CatalogError(
-                f"a view key must be a (schema, name) pair of strings, not {_show(ref)}",
-                entry=_show(ref),
-                fix="pass 'schema.name' or ('schema', 'name')",
-            )
         if isinstance(ref, str):
-            return parse_qualified_name(ref, entry=_show(ref))
-        raise CatalogError(
-            f"a view is named by text or a (schema, name) pair, not {type(ref).__name__}",
-            entry=_show(ref),
-            fix="pass 'schema.name' or ('schema', 'name')",
-        )
+            return parse_qualified_name(ref, entry=show(ref))
+        if isinstance(ref, tuple) and len(ref) == 2 and all(isinstance(part, str) for part in ref):
+            return (ref[0], ref[1])
+        what = f"a (schema, name) pair of strings, not {show(ref)}" if isinstance(ref, tuple) else \
+            f"text or a (schema, name) pair, not {type(ref).__name__}"
+        raise CatalogError(f"a view is named by {what}", entry=show(ref),
+                           fix="pass 'schema.name' or ('schema', 'name')")
 
-    def _not_listed(
-        self, keys: list[tuple[str, str]], malformed: list[CatalogError] | None = None
-    ) -> CatalogError:
+    def _not_listed(self, keys: list[tuple[str, str]], malformed: Iterable[CatalogError] = ()
+                    ) -> CatalogError:
         shown = [format_qualified_name(*key) for key in keys]
-        problems = []
-        if shown:
-            verb = "is" if len(shown) == 1 else "are"
-            problems.append(f"{', '.join(shown)} {verb} not in the catalog")
-        for exc in malformed or ():
-            problems.append(exc.problem)
-        hints = []
-        for text in shown:
-            close = difflib.get_close_matches(text, self.names, n=1)
-            if close:
-                hints.append(f"did you mean {close[0]} (for {text})?")
-        fix = " ".join(
-            hints + [f"the catalog is the allow-list: add it to {self.source} or pick one of: "]
-        ) + ", ".join(self.names)
-        return CatalogError("; ".join(problems), source=self.source, entry=", ".join(shown) or None, fix=fix)
+        verb = "is" if len(shown) == 1 else "are"
+        problems = [f"{', '.join(shown)} {verb} not in the catalog"] if shown else []
+        hints = [f"did you mean {close[0]} (for {text})?" for text in shown
+                 if (close := difflib.get_close_matches(text, self.names, n=1))]
+        fix = " ".join([*hints, f"the catalog is the allow-list: add it to {self.source} or pick one of: "
+                        f"{_listing(self.names)}"])
+        return CatalogError("; ".join(problems + [exc.problem for exc in malformed]), source=self.source,
+                            entry=", ".join(shown) or None, fix=fix)
 
     def get(self, name: ViewRef) -> ViewSpec:
         """The view named ``schema.name`` (or by its ``(schema, name)`` key); CatalogError if unlisted."""
         key = self._key_of(name)
-        view = self._by_key.get(key)
-        if view is None:
+        if key not in self._by_key:
             raise self._not_listed([key])
-        return view
+        return self._by_key[key]
 
     def select(self, names: Iterable[ViewRef]) -> list[ViewSpec]:
         """The named views in canonical order, each once; one CatalogError lists every unknown name."""
-        if isinstance(names, (str, ViewSpec)):
-            names = [names]
         wanted: set[tuple[str, str]] = set()
         unknown: list[tuple[str, str]] = []
         malformed: list[CatalogError] = []
-        for ref in names:
+        for ref in [names] if isinstance(names, (str, ViewSpec)) else names:
             try:
                 key = self._key_of(ref)
             except CatalogError as exc:
@@ -548,692 +379,316 @@ class Catalog:
             raise self._not_listed(unknown, malformed)
         return [view for view in self.views if view.key in wanted]
 
-    def _closure(
-        self, start: tuple[str, str], edges: dict[tuple[str, str], Iterable[tuple[str, str]]]
-    ) -> list[ViewSpec]:
-        seen: set[tuple[str, str]] = set()
-        stack = [start]
-        while stack:
-            for nxt in edges.get(stack.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-        seen.discard(start)
-        return [view for view in self.views if view.key in seen]
+    # The views are in canonical order (the loader checks it): one pass finds all that a view reaches.
 
     def downstream_of(self, view: ViewRef) -> list[ViewSpec]:
         """Every view that reads ``view``, directly or through others, in canonical order."""
-        return self._closure(self.get(view).key, self._readers)
+        start = self.get(view).key
+        reached = {start}
+        for spec in self.views:
+            if reached.intersection(spec.upstream):
+                reached.add(spec.key)
+        return [spec for spec in self.views if spec.key in reached and spec.key != start]
 
     def upstream_of(self, view: ViewRef) -> list[ViewSpec]:
         """Every view ``view`` reads, directly or through others, in canonical order."""
-        edges = {spec.key: spec.upstream for spec in self.views}
-        return self._closure(self.get(view).key, edges)
+        needed = set(self.get(view).upstream)
+        for spec in reversed(self.views):
+            if spec.key in needed:
+                needed.update(spec.upstream)
+        return [spec for spec in self.views if spec.key in needed]
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading
+# Loading: the YAML as plain data with the line of everything, pydantic, then the checks across views
+
+# Keys people reach for that mean one of ours (difflib cannot guess these from spelling).
+_KEY_HINTS = {
+    "depends_on": "upstream", "dependencies": "upstream", "deps": "upstream", "parents": "upstream",
+    "sources": "upstream", "unique_key": "grain", "unique_columns": "grain", "key_columns": "grain",
+    "primary_key": "grain", "keys": "grain", "method": "mode", "refresh_mode": "mode", "concurrent": "mode",
+    "concurrently": "mode", "lock_timeout": "lock_timeout_seconds", "timeout": "statement_timeout_seconds",
+    "statement_timeout": "statement_timeout_seconds", "mv": "name", "view": "name", "mvs": "views",
+    "conn_id": "connection_id", "postgres_conn_id": "connection_id", "connection": "connection_id",
+    "materialized_views": "views", "if_unchanged": "on_unchanged", "unchanged": "on_unchanged",
+}
+_FIX = {
+    "version": f"write `version: {SUPPORTED_VERSION}` at the top (the only catalog format mv-refresh reads)",
+    "connection_id": f"write the Airflow connection id, e.g. `connection_id: {DEFAULT_CONNECTION_ID}`",
+    "views": "write views as a list of mappings, one per view, each starting with `- name: schema.view`",
+    "defaults": "write it as `key: value` lines indented under it",
+    "name": "write it as `name: schema.view`",
+    "description": "put the description in quotes",
+    "critical": "write true or false (without quotes)",
+    "grain": "write the columns that identify a row as a list, e.g. grain: [driver_id, milestone_value]",
+    "upstream": "write the catalog views this view reads as a list, e.g. upstream: [ops.mv_orders], or []",
+    "mode": f"use one of: {', '.join(MODES)}",
+    "on_unchanged": f"use one of: {', '.join(ON_UNCHANGED)}",
+}
+_WHAT = {"name": "a view name", "upstream": "a view name", "grain": "a column name", "mode": "a refresh mode",
+         "on_unchanged": "an on_unchanged value", "connection_id": "an Airflow connection id",
+         "views": "a view (a mapping with at least `name:`)", "defaults": "a mapping of keys"}
+_RANGE = {"hours": ("greater than 0 and at most 876000 hours (100 years)", ""),
+          "seconds": (f"between {MIN_TIMEOUT_SECONDS} and {MAX_TIMEOUT_SECONDS} seconds",
+                      " (PostgreSQL counts it in whole milliseconds, and 0 would mean no timeout)")}
+_NUMERIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _line(node: Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _kind(node: Node) -> str:
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    return f"the value {_show(node.value, 40)}"
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null (an empty value)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"the text {_show(value, 40)}"
-    if isinstance(value, (int, float)):
-        return f"the number {_show(value, 40)}"
-    return f"{type(value).__name__} {_show(value, 40)}"
-
-
-def _label(path: str, view: str | None) -> str:
-    return f"{path} ({view})" if view else path
-
-
-def _fmt_number(value: float) -> str:
+def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-class _Parser:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.constructor = SafeConstructor()
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    if loc in ((), ("defaults",)):
+        return Defaults if loc else CatalogFile
+    return ViewEntry if len(loc) == 2 and loc[0] == "views" else None
 
-    def error(
-        self,
-        problem: str,
-        *,
-        node: Node | None = None,
-        line: int | None = None,
-        entry: str | None = None,
-        fix: str | None = None,
-    ) -> CatalogError:
-        if line is None and node is not None:
-            line = _line(node)
-        return CatalogError(problem, source=self.source, line=line, entry=entry, fix=fix)
 
-    # -- YAML building blocks -----------------------------------------------------------------------
+def _words(kind: str, key: str, value: Any) -> tuple[str, str]:
+    """What is wrong with ``value`` at ``key`` (pydantic's error ``kind``), and the fix."""
+    fix = _FIX.get(key, "see docs/catalog.md")
+    if key.endswith(("_hours", "_seconds")):
+        bound, why = _RANGE[key.rsplit("_", 1)[1]]
+        example = f"{key}: {_fmt(VIEW_DEFAULTS[key])}"
+        fix = f"write a plain number {bound}, e.g. {example}"
+        if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+            fix = f"remove the quotes: {key}: {value.strip()}" if "e" not in value.lower() else "write it " \
+                f"as a plain number without quotes or exponent, e.g. {example} (YAML 1.1 reads 1e3 as text)"
+        if kind in ("greater_than", "greater_than_equal", "less_than_equal"):
+            return f"{key} must be {bound}{why}, got {_fmt(value)}", fix
+        if kind == "finite_number" or (isinstance(value, int) and not isinstance(value, bool)):
+            return f"{key} must be a finite number, got {show(value)}", fix  # inf, nan, 0xfff...fff
+        return f"expected a number, got {describe(value)}", fix
+    if key == "version":
+        return f"unsupported catalog version {show(value, 40)}", fix
+    if kind == "too_short":
+        return f"the {key} list is empty", fix + "; or remove grain if the view has none" * (key == "grain")
+    if kind == "literal_error" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        choices = MODES if key == "mode" else ON_UNCHANGED
+        close = difflib.get_close_matches(value.lower(), choices, n=1) if isinstance(value, str) else []
+        hint = f"did you mean {close[0]!r}? Use one of: {', '.join(choices)}" if close else fix
+        return f"unknown {_WHAT[key].partition(' ')[2]} {show(value, 40)}", hint
+    what = {"list_type": "a list", "bool_type": "true or false"}.get(kind) or _WHAT.get(key, "text")
+    return f"expected {what}, got {describe(value)}", fix
 
-    def value(self, node: Node, entry: str, expected: str, fix: str) -> Any:
-        if not isinstance(node, ScalarNode):
-            raise self.error(f"expected {expected}, got {_kind(node)}", node=node, entry=entry, fix=fix)
+
+def _unknown_key_fix(key: str, allowed: list[str]) -> str:
+    hint = _KEY_HINTS.get(key.lower())
+    close = [hint] if hint in allowed else difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    listing = f"Allowed keys: {', '.join(allowed)}"
+    return f"did you mean {close[0]!r}? {listing}" if close else \
+        f"remove it, or use one of the allowed keys. {listing}"
+
+
+class _Document(YamlDocument):
+    """The catalog's YAML, and its problems in our words."""
+
+    def view_key(self, index: Any) -> tuple[str, str] | None:
+        views = self.data.get("views") if isinstance(self.data, dict) else None
+        raw = views[index] if isinstance(views, list) and isinstance(index, int) else None
         try:
-            return self.constructor.construct_object(node, deep=True)
-        except Exception as exc:  # a bad explicit tag, a malformed timestamp or base64, ...
-            reason = str(getattr(exc, "problem", None) or exc).splitlines()[0]
-            raise self.error(
-                f"cannot read the value {_show(node.value, 40)}: {reason}", node=node, entry=entry, fix=fix
-            ) from None
+            return parse_qualified_name(raw["name"]) if isinstance(raw, dict) and "name" in raw else None
+        except CatalogError:
+            return None
 
-    def mapping(
-        self, node: Node, entry: str, allowed: tuple[str, ...], *, misplaced: dict[str, str] | None = None
-    ) -> dict[str, tuple[Node, Node]]:
-        if not isinstance(node, MappingNode):
-            raise self.error(
-                f"expected a mapping of keys ({', '.join(allowed)}), got {_kind(node)}",
-                node=node,
-                entry=entry,
-                fix="write it as `key: value` lines indented under it",
-            )
-        found: dict[str, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                raise self.error(
-                    "YAML merge keys (<<) are not supported",
-                    node=key_node,
-                    entry=entry,
-                    fix="write the keys out; settings shared by many views belong in the top-level defaults:",
-                )
-            key = self.value(key_node, entry, "a key", "write keys as plain words, e.g. `mode: auto`")
-            if not isinstance(key, str):
-                raise self.error(
-                    f"a key must be text, got {_type_name(key)}",
-                    node=key_node,
-                    entry=entry,
-                    fix=f"use one of the allowed keys: {', '.join(allowed)}",
-                )
-            if key not in allowed:
-                if misplaced and key in misplaced:
-                    raise self.error(
-                        f"key {key!r} is not allowed here", node=key_node, entry=entry, fix=misplaced[key]
-                    )
-                raise self.error(
-                    f"unknown key {key!r}", node=key_node, entry=entry, fix=_unknown_key_fix(key, allowed)
-                )
-            if key in found:
-                first = _line(found[key][0])
-                raise self.error(
-                    f"key {key!r} appears twice in the same mapping (first at line {first}, again at line "
-                    f"{_line(key_node)}); YAML would silently keep only the last",
-                    node=key_node,
-                    entry=entry,
-                    fix=f"keep one of the two {key!r} lines (line {first} or line {_line(key_node)})",
-                )
-            found[key] = (key_node, value_node)
-        return found
+    def error(self, found: Problem) -> CatalogError:
+        """``views[2].mode (ops.mv_x)``: the entry as a path, with the name of its view."""
+        loc = found.loc
+        entry = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)[1:] or "top level"
+        if len(loc) >= 2 and loc[0] == "views" and (key := self.view_key(loc[1])):
+            entry += f" ({format_qualified_name(*key)})"
+        model = _model_at(loc)
+        fix = found.fix or (f"use one of the allowed keys: {', '.join(model.model_fields)}" if model else
+                            _FIX.get(_key(loc), "see docs/catalog.md"))
+        return CatalogError(found.problem, source=self.source, line=found.line, entry=entry, fix=fix)
 
-    def sequence(self, node: Node, entry: str, fix: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            raise self.error(f"expected a list, got {_kind(node)}", node=node, entry=entry, fix=fix)
-        return list(node.value)
+    def explain(self, error: dict[str, Any]) -> Problem | None:
+        """A pydantic error in our words: where (loc and line), what is wrong, and the fix."""
+        kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx") or {}
+        key = _key(loc)
+        if any(loc[:n] in self.refused for n in range(len(loc) + 1)):
+            return None
+        if kind == "catalog":  # our validators' own words
+            loc = loc if ctx["at"] is None else (*loc, ctx["at"])
+            return Problem(self.line_of(loc), loc, ctx["problem"], ctx["fix"])
+        if kind == "thresholds":
+            def told(key: str) -> str:
+                value, origin = ctx["told"][key]
+                at = {"view": f"line {self.line_of((*loc, key), key=True)}", "built-in": "built-in default",
+                      "defaults": f"defaults (line {self.line_of(('defaults', key), key=True)})"}
+                return f"{key} ({_fmt(value)}, from {at[origin]})"
 
-    # -- typed values -------------------------------------------------------------------------------
-
-    def text(self, node: Node, entry: str, what: str, fix: str) -> str:
-        value = self.value(node, entry, what, fix)
-        if not isinstance(value, str):
-            raise self.error(f"expected {what}, got {_type_name(value)}", node=node, entry=entry, fix=fix)
-        return value
-
-    def boolean(self, node: Node, entry: str) -> bool:
-        fix = "write true or false (without quotes)"
-        value = self.value(node, entry, "true or false", fix)
-        if not isinstance(value, bool):
-            raise self.error(
-                f"expected true or false, got {_type_name(value)}", node=node, entry=entry, fix=fix
-            )
-        return value
-
-    def number(self, node: Node, entry: str, key: str) -> float:
-        example = _fmt_number(VIEW_DEFAULTS[key])
-        fix = f"write a plain number greater than 0, e.g. {key}: {example}"
-        value = self.value(node, entry, "a number", fix)
-        if isinstance(value, str) and _LOOKS_NUMERIC_RE.fullmatch(value.strip()):
-            if "e" in value.lower():
-                fix = (
-                    f"write it as a plain number without quotes or exponent, e.g. {key}: {example} "
-                    "(YAML 1.1 reads 1e3 as text)"
-                )
-            else:
-                fix = f"remove the quotes: {key}: {value.strip()}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(f"expected a number, got {_type_name(value)}", node=node, entry=entry, fix=fix)
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):
-            raise self.error(
-                f"{key} must be a finite number, got {node.value!r}", node=node, entry=entry, fix=fix
-            )
-        if number <= 0:
-            raise self.error(
-                f"{key} must be greater than 0, got {node.value}", node=node, entry=entry, fix=fix
-            )
-        if key in _TIMEOUT_KEYS and not _MIN_TIMEOUT_SECONDS <= number <= _MAX_TIMEOUT_SECONDS:
-            raise self.error(
-                f"{key} must be between {_MIN_TIMEOUT_SECONDS} and {_MAX_TIMEOUT_SECONDS} seconds "
-                f"(PostgreSQL counts it in whole milliseconds, and 0 would mean no timeout), got {node.value}",
-                node=node,
-                entry=entry,
-                fix=fix,
-            )
-        if key in _HOUR_KEYS and number > _MAX_HOURS:
-            raise self.error(
-                f"{key} must be at most {_fmt_number(_MAX_HOURS)} hours (100 years), got {node.value}",
-                node=node,
-                entry=entry,
-                fix=fix,
-            )
-        return number
-
-    def mode(self, node: Node, entry: str) -> str:
-        fix = f"use one of: {', '.join(MODES)}"
-        value = self.value(node, entry, "a refresh mode", fix)
-        if isinstance(value, str) and value not in MODES:
-            close = difflib.get_close_matches(value.lower(), MODES, n=1)
-            if close:
-                fix = f"did you mean {close[0]!r}? Use one of: {', '.join(MODES)}"
-        if not isinstance(value, str) or value not in MODES:
-            raise self.error(f"unknown refresh mode {_show(value, 40)}", node=node, entry=entry, fix=fix)
-        return value
-
-    def setting(self, key: str, node: Node, entry: str) -> Any:
-        if key == "mode":
-            return self.mode(node, entry)
-        return self.number(node, entry, key)
-
-    # -- the document -------------------------------------------------------------------------------
-
-    def parse(self, text: str) -> Catalog:
-        root = self.compose(text)
-        if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
-            raise self.error(
-                "the catalog is empty",
-                line=1,
-                entry="catalog",
-                fix="write `version: 1` and a `views:` list (see include/mv_refresh.yaml)",
-            )
-        top = self.mapping(root, "top level", TOP_LEVEL_KEYS)
-
-        if "version" not in top:
-            raise self.error(
-                "the catalog has no version",
-                node=root,
-                entry="version",
-                fix=f"add `version: {SUPPORTED_VERSION}` at the top of the file",
-            )
-        version_node = top["version"][1]
-        version_fix = f"write `version: {SUPPORTED_VERSION}` (the only catalog format this mv-refresh reads)"
-        version = self.value(version_node, "version", "a version number", version_fix)
-        if isinstance(version, bool) or not isinstance(version, int) or version != SUPPORTED_VERSION:
-            raise self.error(
-                f"unsupported catalog version {_show(version, 40)}",
-                node=version_node,
-                entry="version",
-                fix=version_fix,
-            )
-
-        connection_id = DEFAULT_CONNECTION_ID
-        if "connection_id" in top:
-            conn_node = top["connection_id"][1]
-            conn_fix = f"write the Airflow connection id, e.g. `connection_id: {DEFAULT_CONNECTION_ID}`"
-            connection_id = self.text(conn_node, "connection_id", "an Airflow connection id", conn_fix)
-            if (
-                not connection_id
-                or len(connection_id) > _MAX_CONNECTION_ID_LENGTH
-                or any(ch.isspace() or not ch.isprintable() for ch in connection_id)
-            ):
-                raise self.error(
-                    f"invalid Airflow connection id {_show(connection_id, 40)}: it must be 1 to "
-                    f"{_MAX_CONNECTION_ID_LENGTH} characters without spaces",
-                    node=conn_node,
-                    entry="connection_id",
-                    fix=conn_fix,
-                )
-
-        defaults = self.defaults(top["defaults"][1]) if "defaults" in top else {}
-
-        if "views" not in top:
-            raise self.error(
-                "the catalog has no views",
-                node=root,
-                entry="views",
-                fix="add a `views:` list with one `- name: schema.view` entry per materialized view",
-            )
-        views_node = top["views"][1]
-        items = self.sequence(
-            views_node, "views", "write views as a list of mappings, each starting with `- name: schema.view`"
-        )
-        if not items:
-            raise self.error(
-                "the views list is empty",
-                node=views_node,
-                entry="views",
-                fix="list at least one view: `- name: schema.view`",
-            )
-        raw_views = [self.view(index, item, defaults) for index, item in enumerate(items)]
-        views = self.check_graph(raw_views)
-        return Catalog(source=self.source, connection_id=connection_id, views=views)
-
-    def compose(self, text: str) -> Node | None:
-        try:
-            return yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            detail = exc.problem or "malformed YAML"
-            if exc.context:
-                detail = f"{exc.context}, {detail}"
-            raise self.error(
-                f"invalid YAML: {detail}",
-                line=mark.line + 1 if mark is not None else None,
-                entry="YAML syntax",
-                fix="correct the YAML at that line (indentation, quotes, colons; quote values holding ': ' "
-                "or starting with a special character)",
-            ) from None
-        except yaml.reader.ReaderError as exc:
-            line = text[: exc.position].count("\n") + 1 if isinstance(text, str) else None
-            raise self.error(
-                f"invalid character in the file: {exc.reason} (#x{exc.character:04x})"
-                if isinstance(exc.character, int)
-                else f"invalid input: {exc.reason}",
-                line=line,
-                entry="YAML syntax",
-                fix="remove the control character (save the file as plain UTF-8 text)",
-            ) from None
-        except yaml.YAMLError as exc:
-            raise self.error(
-                f"invalid YAML: {str(exc).splitlines()[0]}",
-                line=1,
-                entry="YAML syntax",
-                fix="correct the YAML syntax",
-            ) from None
-        except RecursionError:
-            raise self.error(
-                "the YAML is nested too deeply to read",
-                line=1,
-                entry="YAML syntax",
-                fix="the catalog needs only views: a list of flat mappings",
-            ) from None
-
-    def defaults(self, node: Node) -> dict[str, tuple[Any, int]]:
-        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-            return {}
-        view_only = {
-            key: f"set {key} on each view, not under defaults (defaults may hold: {', '.join(DEFAULTABLE_KEYS)})"
-            for key in VIEW_KEYS
-            if key not in DEFAULTABLE_KEYS
-        }
-        found = self.mapping(node, "defaults", DEFAULTABLE_KEYS, misplaced=view_only)
-        result: dict[str, tuple[Any, int]] = {}
-        for key, (key_node, value_node) in found.items():
-            result[key] = (self.setting(key, value_node, f"defaults.{key}"), _line(key_node))
-        if "warn_after_hours" in result and "crit_after_hours" in result:
-            warn, crit = result["warn_after_hours"][0], result["crit_after_hours"][0]
-            if warn >= crit:
-                raise self.error(
-                    f"warn_after_hours ({_fmt_number(warn)}) must be less than crit_after_hours "
-                    f"({_fmt_number(crit)})",
-                    line=result["crit_after_hours"][1],
-                    entry="defaults",
-                    fix="raise crit_after_hours above warn_after_hours, or lower warn_after_hours",
-                )
-        return result
-
-    def view(self, index: int, node: Node, defaults: dict[str, tuple[Any, int]]) -> _RawView:
-        path = f"views[{index}]"
-        if not isinstance(node, MappingNode):
-            raise self.error(
-                f"expected a view (a mapping with at least `name:`), got {_kind(node)}",
-                node=node,
-                entry=path,
-                fix="write each view as `- name: schema.view` followed by its settings, indented",
-            )
-        found = self.mapping(node, _label(path, _peek_name(node)), VIEW_KEYS)
-        if "name" not in found:
-            raise self.error(
-                "the view has no name", node=node, entry=path, fix="add `name: schema.view` to this entry"
-            )
-        name_key, name_node = found["name"]
-        name_text = self.text(name_node, f"{path}.name", "a view name", "write it as `name: schema.view`")
-        schema, name = parse_qualified_name(
-            name_text, source=self.source, line=_line(name_node), entry=f"{path}.name"
-        )
-        shown = format_qualified_name(schema, name)
-
-        def entry(suffix: str) -> str:
-            return _label(f"{path}.{suffix}", shown)
-
-        settings: dict[str, Any] = {key: value for key, (value, _line_no) in defaults.items()}
-        origin: dict[str, str] = {
-            key: f"defaults (line {line_no})" for key, (_v, line_no) in defaults.items()
-        }
-        for key in DEFAULTABLE_KEYS:
-            if key in found:
-                key_node, value_node = found[key]
-                settings[key] = self.setting(key, value_node, entry(key))
-                origin[key] = f"line {_line(key_node)}"
-        for key, value in VIEW_DEFAULTS.items():
-            settings.setdefault(key, value)
-            origin.setdefault(key, "built-in default")
-        if settings["warn_after_hours"] >= settings["crit_after_hours"]:
-            own = [key for key in ("crit_after_hours", "warn_after_hours") if key in found]
-            where = found[own[0]][0] if own else node
-            raise self.error(
-                f"warn_after_hours ({_fmt_number(settings['warn_after_hours'])}, from "
-                f"{origin['warn_after_hours']}) must be less than crit_after_hours "
-                f"({_fmt_number(settings['crit_after_hours'])}, from {origin['crit_after_hours']})",
-                node=where,
-                entry=entry(own[0]) if own else _label(path, shown),
-                fix="raise crit_after_hours above warn_after_hours, or lower warn_after_hours",
-            )
-
-        description = None
-        if "description" in found:
-            desc_node = found["description"][1]
-            value = self.value(desc_node, entry("description"), "text", "write the description as text")
-            if value is not None and not isinstance(value, str):
-                raise self.error(
-                    f"expected text, got {_type_name(value)}",
-                    node=desc_node,
-                    entry=entry("description"),
-                    fix="put the description in quotes",
-                )
-            description = (value.strip() or None) if isinstance(value, str) else None
-
-        critical = self.boolean(found["critical"][1], entry("critical")) if "critical" in found else False
-
-        grain: tuple[str, ...] = ()
-        if "grain" in found:
-            grain = self.grain(found["grain"][1], entry("grain"), f"{path}.grain", shown)
-
-        upstream: list[tuple[tuple[str, str], int, str]] = []
-        if "upstream" in found:
-            upstream = self.upstream(found["upstream"][1], entry("upstream"), f"{path}.upstream", shown)
-
-        spec = ViewSpec(
-            schema=schema,
-            name=name,
-            description=description,
-            critical=critical,
-            grain=grain,
-            upstream=tuple(key for key, _line_no, _entry in upstream),
-            mode=settings["mode"],
-            warn_after_hours=float(settings["warn_after_hours"]),
-            crit_after_hours=float(settings["crit_after_hours"]),
-            lock_timeout_seconds=float(settings["lock_timeout_seconds"]),
-            statement_timeout_seconds=float(settings["statement_timeout_seconds"]),
-            position=index,
-            line=_line(node),
-        )
-        return _RawView(spec=spec, path=path, name_line=_line(name_key), upstream=upstream)
-
-    def grain(self, node: Node, entry: str, path: str, shown: str) -> tuple[str, ...]:
-        fix = "write the columns that identify a row as a list, e.g. grain: [driver_id, milestone_value]"
-        items = self.sequence(node, entry, fix)
-        if not items:
-            raise self.error(
-                "the grain is an empty list",
-                node=node,
-                entry=entry,
-                fix=f"{fix}; or remove grain if the view has none",
-            )
-        columns: list[str] = []
-        seen_at: dict[str, int] = {}
-        for position, item in enumerate(items):
-            item_entry = _label(f"{path}[{position}]", shown)
-            text = self.text(item, item_entry, "a column name", fix)
-            column = parse_identifier(text, source=self.source, line=_line(item), entry=item_entry)
-            if column in seen_at:
-                raise self.error(
-                    f"column {_display_identifier(column)} is listed twice in the grain (as "
-                    f"{path}[{seen_at[column]}] and {path}[{position}])",
-                    node=item,
-                    entry=item_entry,
-                    fix="remove the repeated column",
-                )
-            seen_at[column] = position
-            columns.append(column)
-        return tuple(columns)
-
-    def upstream(
-        self, node: Node, entry: str, path: str, shown: str
-    ) -> list[tuple[tuple[str, str], int, str]]:
-        fix = "write the catalog views this view reads as a list, e.g. upstream: [ops.mv_orders], or []"
-        items = self.sequence(node, entry, fix)
-        result: list[tuple[tuple[str, str], int, str]] = []
-        seen_at: dict[tuple[str, str], int] = {}
-        for position, item in enumerate(items):
-            item_entry = _label(f"{path}[{position}]", shown)
-            text = self.text(item, item_entry, "a view name", fix)
-            key = parse_qualified_name(text, source=self.source, line=_line(item), entry=item_entry)
-            if key in seen_at:
-                raise self.error(
-                    f"upstream {format_qualified_name(*key)} is listed twice (as {path}[{seen_at[key]}] "
-                    f"and {path}[{position}])",
-                    node=item,
-                    entry=item_entry,
-                    fix="remove the repeated entry",
-                )
-            seen_at[key] = position
-            result.append((key, _line(item), item_entry))
-        return result
+            return Problem(self.line_of((*loc, ctx["at"]), key=True), (*loc, ctx["at"]),
+                           f"{told('warn_after_hours')} must be less than {told('crit_after_hours')}",
+                           "raise crit_after_hours above warn_after_hours, or lower warn_after_hours")
+        if kind == "extra_forbidden":
+            allowed = list(_model_at(loc[:-1]).model_fields)  # type: ignore[union-attr]
+            if loc[:-1] == ("defaults",) and key in ViewEntry.model_fields:
+                return Problem(self.line_of(loc, key=True), loc[:-1], f"key {key!r} is not allowed here",
+                               f"set {key} on each view, not under defaults (defaults may hold: "
+                               f"{', '.join(allowed)})")
+            return Problem(self.line_of(loc, key=True), loc[:-1], f"unknown key {key!r}",
+                           _unknown_key_fix(key, allowed))
+        if kind == "missing" and key == "name":
+            return Problem(self.line_of(loc[:-1]), loc[:-1], "the view has no name",
+                           "add `name: schema.view` to this entry")
+        if kind == "missing":
+            return Problem(self.lines.get(()), loc, f"the catalog has no {key}", _FIX[key])
+        return Problem(self.line_of(loc), loc, *_words(kind, key, error.get("input")))
 
     # -- across views -------------------------------------------------------------------------------
 
-    def check_graph(self, raw_views: list[_RawView]) -> tuple[ViewSpec, ...]:
-        by_key: dict[tuple[str, str], _RawView] = {}
-        for raw in raw_views:
-            first = by_key.get(raw.spec.key)
-            if first is not None:
-                raise self.error(
-                    f"duplicate view {raw.spec.display_name}: it is already listed as {first.path} at line "
-                    f"{first.name_line}",
-                    line=raw.name_line,
-                    entry=_label(raw.path, raw.spec.display_name),
-                    fix=f"remove one of the two entries (line {first.name_line} or line {raw.name_line})",
-                )
-            by_key[raw.spec.key] = raw
+    def check_views(self) -> list[Problem]:
+        """Duplicates, task ids, upstream references, cycles and order: what no single view shows."""
+        views = self.data.get("views") if isinstance(self.data, dict) else None
+        count = len(views) if isinstance(views, list) else 0
+        keys = {i: key for i in range(count) if (key := self.view_key(i))}
+        found: list[Problem] = []
+        first_at: dict[tuple[str, str], int] = {}
+        task_ids: dict[str, int] = {}
+        line = {i: self.lines[("views", i, "name")] for i in keys}
+        name = {i: format_qualified_name(*key) for i, key in keys.items()}
+        for i, key in keys.items():
+            first, task_id = first_at.setdefault(key, i), ViewSpec(*key).task_id
+            other = task_ids.setdefault(task_id, i) if first == i else i
+            if first != i:
+                found.append(Problem(line[i], ("views", i), f"duplicate view {name[i]}: it is already "
+                                     f"listed as views[{first}] at line {line[first]}", "remove one of the "
+                                     f"two entries (line {line[first]} or line {line[i]})"))
+            elif other != i:
+                found.append(Problem(line[i], ("views", i), f"{name[i]} and {name[other]} (views[{other}], "
+                                     f"line {line[other]}) would both get the Airflow task id {task_id}",
+                                     "keep only one of them in this catalog (task ids are refresh_<view "
+                                     "name>), or rename one of the views"))
+        listed = [name[i] for i in first_at.values()]
+        graph: dict[tuple[str, str], dict[tuple[str, str], Loc]] = {key: {} for key in first_at}
+        for i, key in keys.items():
+            ups = views[i].get("upstream") if first_at[key] == i else None
+            for j, text in enumerate(ups if isinstance(ups, list) else []):
+                up, loc = _try(parse_qualified_name, text), ("views", i, "upstream", j)
+                shown = up and format_qualified_name(*up)
+                if up == key:
+                    found.append(Problem(self.lines[loc], loc, f"{shown} lists itself as upstream",
+                                         "remove this upstream entry: a view cannot read itself"))
+                elif up and up not in first_at:
+                    close = difflib.get_close_matches(shown, listed, n=1)
+                    found.append(Problem(self.lines[loc], loc, f"upstream {shown} is not in the catalog",
+                                         (f"did you mean {close[0]}? " if close else "") + f"add {shown} "
+                                         f"to the catalog above {name[i]}, or remove it from upstream "
+                                         f"(upstream names catalog views only: {_listing(listed)})"))
+                elif up:
+                    graph[key].setdefault(up, loc)
+        cycles = self.cycles(graph, first_at)
+        for ups in graph.values() if not cycles else ():  # the order is moot while views go round
+            for up, loc in ups.items():
+                if (at := first_at[up]) > loc[1]:
+                    found.append(Problem(self.lines[loc], loc, f"upstream {name[at]} is listed below "
+                                         f"{name[loc[1]]} (views[{at}], line {line[at]}), but views are "
+                                         f"refreshed top to bottom", f"move {name[at]} above {name[loc[1]]} "
+                                         "(upstream views come first in the catalog)"))
+        return found + cycles
 
-        by_task: dict[str, _RawView] = {}
-        for raw in raw_views:
-            task_id = raw.spec.task_id
-            other = by_task.get(task_id)
-            if other is not None:
-                raise self.error(
-                    f"{raw.spec.display_name} and {other.spec.display_name} ({other.path}, line "
-                    f"{other.name_line}) would both get the Airflow task id {task_id}",
-                    line=raw.name_line,
-                    entry=_label(raw.path, raw.spec.display_name),
-                    fix="keep only one of them in this catalog (task ids are refresh_<view name>), or "
-                    "rename one of the views",
-                )
-            by_task[task_id] = raw
-
-        known = ", ".join(raw.spec.display_name for raw in raw_views)
-        for raw in raw_views:
-            for key, line, item_entry in raw.upstream:
-                shown = format_qualified_name(*key)
-                if key == raw.spec.key:
-                    raise self.error(
-                        f"{raw.spec.display_name} lists itself as upstream",
-                        line=line,
-                        entry=item_entry,
-                        fix="remove this upstream entry: a view cannot read itself",
-                    )
-                if key not in by_key:
-                    close = difflib.get_close_matches(shown, [r.spec.display_name for r in raw_views], n=1)
-                    hint = f"did you mean {close[0]}? " if close else ""
-                    raise self.error(
-                        f"upstream {shown} is not in the catalog",
-                        line=line,
-                        entry=item_entry,
-                        fix=f"{hint}add {shown} to the catalog above {raw.spec.display_name}, or remove it "
-                        f"from upstream (upstream names catalog views only: {known})",
-                    )
-
-        cycle = _find_cycle(raw_views)
-        if cycle is not None:
-            edges = []
-            for reader, read in zip(cycle, cycle[1:], strict=False):
-                raw = by_key[reader]
-                line = next(line for key, line, _e in raw.upstream if key == read)
-                edges.append((raw, read, line))
-            path_text = " -> ".join(format_qualified_name(*key) for key in cycle)
-            choices = "; ".join(
-                f"{format_qualified_name(*read)} from the upstream of {raw.spec.display_name} (line {line})"
-                for raw, read, line in edges
-            )
-            first_raw, _read, first_line = edges[0]
-            raise self.error(
-                f"dependency cycle: {path_text} (each view lists the next one as upstream)",
-                line=first_line,
-                entry=_label(f"{first_raw.path}.upstream", first_raw.spec.display_name),
-                fix=f"remove one of these upstream entries: {choices}",
-            )
-
-        for raw in raw_views:
-            for key, line, item_entry in raw.upstream:
-                read = by_key[key]
-                if read.spec.position > raw.spec.position:
-                    raise self.error(
-                        f"upstream {read.spec.display_name} is listed below {raw.spec.display_name} "
-                        f"({read.path}, line {read.name_line}), but views are refreshed top to bottom",
-                        line=line,
-                        entry=item_entry,
-                        fix=f"move {read.spec.display_name} above {raw.spec.display_name} (upstream views "
-                        "come first in the catalog)",
-                    )
-        return tuple(raw.spec for raw in raw_views)
-
-
-@dataclass(frozen=True)
-class _RawView:
-    spec: ViewSpec
-    path: str
-    name_line: int
-    upstream: list[tuple[tuple[str, str], int, str]]
-
-
-def _find_cycle(raw_views: list[_RawView]) -> list[tuple[str, str]] | None:
-    """The first dependency cycle (as a closed path ``[a, b, ..., a]``), or None; iterative DFS."""
-    graph = {raw.spec.key: [key for key, _line, _entry in raw.upstream] for raw in raw_views}
-    position = {raw.spec.key: raw.spec.position for raw in raw_views}
-    done: set[tuple[str, str]] = set()
-    for start in graph:
-        if start in done:
-            continue
-        path = [start]
-        on_path = {start: 0}
-        iterators = [iter(graph[start])]
-        while iterators:
-            nxt = next(iterators[-1], None)
-            if nxt is None:
-                finished = path.pop()
-                iterators.pop()
-                del on_path[finished]
-                done.add(finished)
-                continue
-            if nxt in on_path:
-                loop = path[on_path[nxt] :]
-                first = min(range(len(loop)), key=lambda i: position[loop[i]])
-                loop = loop[first:] + loop[:first]
-                return loop + [loop[0]]
-            if nxt not in done and nxt in graph:
-                on_path[nxt] = len(path)
-                path.append(nxt)
-                iterators.append(iter(graph[nxt]))
-    return None
-
-
-def _peek_name(node: MappingNode) -> str | None:
-    """The view's display name, if its ``name:`` is readable, to label errors found before it is parsed."""
-    for key_node, value_node in node.value:
-        if (
-            isinstance(key_node, ScalarNode)
-            and key_node.value == "name"
-            and isinstance(value_node, ScalarNode)
-        ):
+    def cycles(self, graph: dict[tuple[str, str], dict[tuple[str, str], Loc]],
+               position: dict[tuple[str, str], int]) -> list[Problem]:
+        """Every dependency cycle, as a path from its earliest view (each is cut to look for the next)."""
+        found: list[Problem] = []
+        while True:
             try:
-                return format_qualified_name(*parse_qualified_name(value_node.value))
-            except CatalogError:
-                return None
-    return None
+                graphlib.TopologicalSorter(graph).prepare()
+                return found
+            except graphlib.CycleError as exc:
+                loop = exc.args[1][-2::-1]  # graphlib writes the view read before its reader: reverse it
+            start = min(range(len(loop)), key=lambda n: position[loop[n]])
+            loop = loop[start:] + loop[:start]
+            steps = [(reader, read, graph[reader][read])
+                     for reader, read in zip(loop, [*loop[1:], loop[0]], strict=True)]
+            choices = "; ".join(f"{format_qualified_name(*read)} from the upstream of "
+                                f"{format_qualified_name(*reader)} (line {self.lines[loc]})"
+                                for reader, read, loc in steps)
+            path = " -> ".join(format_qualified_name(*key) for key in [*loop, loop[0]])
+            first = steps[0][2]
+            found.append(Problem(self.lines[first], first[:-1], f"dependency cycle: {path} (each view "
+                                 "lists the next one as upstream)", "remove one of these upstream entries: "
+                                 + choices))
+            del graph[steps[0][0]][steps[0][1]]
 
 
-def _unknown_key_fix(key: str, allowed: tuple[str, ...]) -> str:
-    suggestion = _KEY_HINTS.get(key.lower()) if isinstance(key, str) else None
-    if suggestion not in allowed:
-        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-        suggestion = close[0] if close else None
-    listing = f"Allowed keys: {', '.join(allowed)}"
-    if suggestion:
-        return f"did you mean {suggestion!r}? {listing}"
-    return f"remove it, or use one of the allowed keys. {listing}"
+def _key(loc: Loc) -> str:
+    """The key a value belongs to: ``mode`` for ("views", 2, "mode"), ``grain`` for (..., "grain", 0)."""
+    return next((part for part in reversed(loc) if isinstance(part, str)), "")
+
+
+def _try(parse: Callable[[str], Any], text: Any) -> Any:
+    try:
+        return parse(text) if isinstance(text, str) else None
+    except CatalogError:
+        return None  # refused with its view
 
 
 def parse_catalog(text: str, source: str = "<string>") -> Catalog:
-    """Validate the catalog in ``text`` (YAML); ``source`` names it in errors and in ``Catalog.source``."""
-    return _Parser(source).parse(text)
+    """Validate the catalog in ``text`` (YAML); ``source`` names it in errors and in ``Catalog.source``.
+
+    Every problem of the text is reported, in one :class:`CatalogError` (see its ``problems``).
+    """
+    if len(text) > MAX_CATALOG_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_CATALOG_BYTES:
+        raise _too_big(len(text.encode("utf-8", "surrogatepass")), source)
+    doc = _Document(text, source)
+    if doc.data is None and not doc.problems:
+        raise CatalogError("the catalog is empty", source=source, line=1, entry="catalog",
+                           fix="write `version: 1` and a `views:` list (see include/mv_refresh.yaml)")
+    if not isinstance(doc.data, dict):
+        top = Problem(doc.line_of(()) or 1, (), f"expected a mapping of keys "
+                      f"({', '.join(CatalogFile.model_fields)}), got {describe(doc.data)}",
+                      "write it as `key: value` lines, starting with `version: 1`")
+        raise CatalogError.of([doc.error(found) for found in doc.problems or [top]])
+    model = None
+    try:
+        model = CatalogFile.model_validate(doc.data, context={})
+    except ValidationError as exc:
+        doc.problems += [found for error in exc.errors(include_url=False) if (found := doc.explain(error))]
+    found = sorted(doc.problems, key=lambda f: f.line or 0) + doc.check_views()
+    if found or model is None:
+        raise CatalogError.of([doc.error(f) for f in found])
+    defaults = model.defaults or Defaults()
+    views = []
+    for position, entry in enumerate(model.views):
+        settings = {k: getattr(entry if k in entry.model_fields_set else defaults, k) for k in VIEW_DEFAULTS}
+        views.append(ViewSpec(*parse_qualified_name(entry.name), **settings,
+                              description=(entry.description or "").strip() or None, critical=entry.critical,
+                              grain=tuple(map(parse_identifier, entry.grain)),
+                              upstream=tuple(map(parse_qualified_name, entry.upstream)),
+                              position=position, line=doc.lines[("views", position)]))
+    return Catalog(source=source, connection_id=model.connection_id, views=tuple(views))
+
+
+def _too_big(size: int, source: str) -> CatalogError:
+    return CatalogError(f"the catalog is {size:,} bytes, more than the limit of {MAX_CATALOG_BYTES:,} bytes "
+                        "(1 MiB)", source=source, entry="catalog", fix="list only the materialized views to "
+                        "refresh (500 views take about 80 KB), and keep long notes out of the file")
 
 
 def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     """Load the catalog: ``path``, else ``MV_REFRESH_CONFIG``, else ``include/mv_refresh.yaml``."""
     chosen = catalog_path(path)
-    if path:
-        origin = "given explicitly"
-    elif os.environ.get("MV_REFRESH_CONFIG"):
-        origin = "from MV_REFRESH_CONFIG"
-    else:
-        origin = "the default; MV_REFRESH_CONFIG is not set"
-    fix = (
-        "create it, or point MV_REFRESH_CONFIG (the CLI's --config) at an existing catalog such as "
-        "include/mv_refresh.yaml"
-    )
+    origin = "given explicitly" if path else "from MV_REFRESH_CONFIG" if os.environ.get("MV_REFRESH_CONFIG") \
+        else "the default; MV_REFRESH_CONFIG is not set"
+    fix = ("create it, or point MV_REFRESH_CONFIG (the CLI's --config) at an existing catalog such as "
+           "include/mv_refresh.yaml")
     try:
-        data = chosen.read_bytes()
+        with open(chosen, "rb") as file:
+            data = file.read(MAX_CATALOG_BYTES + 1)  # never more: the size is checked before parsing
+            if len(data) > MAX_CATALOG_BYTES:
+                raise _too_big(os.fstat(file.fileno()).st_size, str(chosen))
     except FileNotFoundError:
-        raise CatalogError(
-            f"catalog file not found ({origin})", source=str(chosen), entry="catalog", fix=fix
-        ) from None
+        raise CatalogError(f"catalog file not found ({origin})", source=str(chosen), entry="catalog",
+                           fix=fix) from None
     except OSError as exc:
-        raise CatalogError(
-            f"cannot read the catalog file ({origin}): {exc.strerror or exc}",
-            source=str(chosen),
-            entry="catalog",
-            fix=fix,
-        ) from None
+        raise CatalogError(f"cannot read the catalog file ({origin}): {exc.strerror or exc}",
+                           source=str(chosen), entry="catalog", fix=fix) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CatalogError(
-            f"the catalog is not valid UTF-8 (byte {exc.start})",
-            source=str(chosen),
-            line=data[: exc.start].count(b"\n") + 1,
-            entry="catalog",
-            fix="save the file as UTF-8",
-        ) from None
+        raise CatalogError(f"the catalog is not valid UTF-8 (byte {exc.start})", source=str(chosen),
+                           line=data[: exc.start].count(b"\n") + 1, entry="catalog",
+                           fix="save the file as UTF-8") from None
     return parse_catalog(text, source=str(chosen))

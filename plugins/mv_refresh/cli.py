@@ -344,6 +344,13 @@ def cmd_prepare_concurrently(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_catalog_schema(args: argparse.Namespace) -> int:
+    from .catalog import catalog_json_schema
+
+    print(json.dumps(catalog_json_schema(), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
 def cmd_demo_load(args: argparse.Namespace) -> int:
     from .db import resolve_dsn
     from .demo import load_demo, loaded_drivers
@@ -485,6 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "advisory locks (pg_locks, pg_blocking_pids), with their queries.")
     p.add_argument("view", nargs="?", metavar="VIEW", help="one catalog view (default: all)")
     p.set_defaults(func=cmd_blockers)
+
+    p = sub.add_parser("catalog", help="about the catalog file itself",
+                       description="Commands about the catalog file (include/mv_refresh.yaml).")
+    catalog_sub = p.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
+    p = catalog_sub.add_parser("schema", help="print the catalog's JSON Schema",
+                               description="Print the catalog's JSON Schema (Draft 2020-12), as shipped in "
+                                           "include/mv_refresh.schema.json: editors with yaml-language-server "
+                                           "check and complete the catalog with it (docs/catalog.md).")
+    p.set_defaults(func=cmd_catalog_schema)
 
     p = sub.add_parser("demo-load", parents=[common], help="create and fill the demo warehouse",
                        description="Create the demo Yango warehouse (source tables in schema yango, the six "
