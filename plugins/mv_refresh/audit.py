@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .catalog import Catalog, ViewSpec, format_qualified_name
+from .catalog import Catalog, ViewSpec, format_qualified_name, quote_identifier
 from .db import connect
 from .health import StaleInput, read_health, stale_inputs
 from .pg import RELKIND_NAMES, USABLE_UNIQUE_INDEX
@@ -353,14 +353,14 @@ def _check_exists(catalog: Catalog, spec: ViewSpec, schema_exists: bool, relkind
     if relkind == "m":
         return None
     if relkind is None:
-        why = "" if schema_exists else f" (its schema {_schema_name(spec.schema)} does not exist either)"
+        why = "" if schema_exists else f" (its schema {quote_identifier(spec.schema)} does not exist either)"
         return Finding(
             view=name,
             check="exists",
             severity="CRIT",
             message=f"{name} is in the catalog but does not exist in the database{why}: nothing can "
             "refresh or read it",
-            fix=f"create the materialized view, or remove it from the catalog ({_where(catalog, spec)})",
+            fix=f"create the materialized view, or remove it from the catalog ({catalog.where(spec)})",
         )
     what = RELKIND_NAMES.get(relkind, f"a relation of kind {relkind!r}")
     return Finding(
@@ -368,7 +368,7 @@ def _check_exists(catalog: Catalog, spec: ViewSpec, schema_exists: bool, relkind
         check="exists",
         severity="CRIT",
         message=f"{name} is {what}, not a materialized view: it cannot be refreshed",
-        fix=f"fix the name in the catalog ({_where(catalog, spec)}), or replace {name} with a "
+        fix=f"fix the name in the catalog ({catalog.where(spec)}), or replace {name} with a "
         "materialized view",
     )
 
@@ -393,7 +393,7 @@ def _check_indexes(
     if spec.grain:
         prepare = f"mv-refresh prepare-concurrently {_arg(name)}"
     else:
-        prepare = (f"add a grain to the catalog entry of {name} ({_where(catalog, spec)}) and run "
+        prepare = (f"add a grain to the catalog entry of {name} ({catalog.where(spec)}) and run "
                    f"mv-refresh prepare-concurrently {_arg(name)}")
     if spec.mode in ("auto", "concurrently") and not usable_index:
         message = (f"{name} has no valid unique index on plain columns without WHERE, so PostgreSQL "
@@ -549,7 +549,7 @@ def _unlisted(catalog: Catalog, schema: str, name: str) -> Finding:
         view=shown,
         check="unlisted",
         severity="INFO",
-        message=f"{shown} is a materialized view in schema {_schema_name(schema)}, which the catalog uses, "
+        message=f"{shown} is a materialized view in schema {quote_identifier(schema)}, which the catalog uses, "
         "but the catalog does not list it: nothing refreshes or monitors it",
         fix=f"add it to the catalog ({catalog.source}) if it should be refreshed, or ignore this",
     )
@@ -562,14 +562,6 @@ def _unlisted(catalog: Catalog, schema: str, name: str) -> Finding:
 def _arg(name: str) -> str:
     """A view name as a shell argument in a suggested command (``lab."Weird MV"`` needs quotes)."""
     return shlex.quote(name)
-
-
-def _where(catalog: Catalog, spec: ViewSpec) -> str:
-    return f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
-
-
-def _schema_name(schema: str) -> str:
-    return format_qualified_name(schema, "x")[:-2]
 
 
 def _ts(value: datetime | None) -> str:

@@ -324,6 +324,10 @@ class Catalog:
         """The display names, in canonical order."""
         return [view.display_name for view in self.views]
 
+    def where(self, view: ViewSpec) -> str:
+        """Where ``view`` is written, for messages: ``<file>, line N``."""
+        return f"{self.source}, line {view.line}" if view.line else self.source
+
     @property
     def critical_views(self) -> list[ViewSpec]:
         """The views marked ``critical: true``, in canonical order."""

@@ -39,7 +39,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from . import pg, privileges, tracking
-from .catalog import Catalog, CatalogError, ViewSpec, format_qualified_name
+from .catalog import Catalog, CatalogError, ViewSpec, format_qualified_name, quote_identifier
 from .db import APPLICATION_NAME, connect
 from .migrations import mirror_view
 
@@ -513,8 +513,7 @@ def refresh_view(
     sessions = sessions or Sessions(dsn)
     try:
         with _session(sessions, spec, options, context or RunContext(), cancel) as (work, log):
-            where = f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
-            run = _Run(spec, options, work, log, progress or (lambda _line: None), cancel, where)
+            run = _Run(spec, options, work, log, progress or (lambda _line: None), cancel, catalog.where(spec))
             run.state = _check_view(run)
             run.catalog_oids, run.tracked = _tracking_context(run, catalog)
             with _view_lock(run):
@@ -778,7 +777,7 @@ def _count_rows(run: _Run, result: RefreshResult) -> None:
         return
     if not run.access.can_select:
         result.method_reason = _with_notes(
-            result.method_reason, f'rows not counted: role "{run.access.role}" may not SELECT the view')
+            result.method_reason, f"rows not counted: role {quote_identifier(run.access.role)} may not SELECT the view")
         return
     result.rows_after_refresh = run.work.execute(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(run.spec.schema, run.spec.name))).fetchone()[0]

@@ -94,7 +94,7 @@ def _checked_view(conn: psycopg.Connection, catalog: Catalog, view: str | ViewSp
     spec = catalog.get(view.key if isinstance(view, ViewSpec) else view)
     if not spec.grain:
         raise PrerequisiteError(
-            f"{spec.display_name} has no grain in the catalog ({spec.line and f'line {spec.line}' or 'catalog'}): "
+            f"{spec.display_name} has no grain in the catalog ({catalog.where(spec)}): "
             f"add `grain: [column, ...]` (the columns that identify one row) to its entry"
         )
     try:

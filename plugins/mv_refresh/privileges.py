@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from .names import quote_identifier
+
 FUNCTION_NAME = "ops.refresh_materialized_view"
 ALLOWLIST_TABLE = "ops.mv_refresh_allowlist"
 SCRIPT = "include/sql/ops/least_privilege.sql"
@@ -124,23 +126,19 @@ def is_permission_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.Error) and exc.sqlstate == INSUFFICIENT_PRIVILEGE
 
 
-def _role(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def fix_for(view: str, schema: str, view_name: str, access: RefreshAccess) -> str:
     """How to give ``access.role`` the right to refresh ``view`` (``schema.name``, quoted as needed)."""
-    role, owner = _role(access.role), _role(access.view_owner)
-    usage = (f"GRANT USAGE ON SCHEMA {sql_ident(schema)} TO {role}; " if not access.schema_usage else "")
+    role, owner = quote_identifier(access.role), quote_identifier(access.view_owner)
+    usage = (f"GRANT USAGE ON SCHEMA {quote_identifier(schema)} TO {role}; " if not access.schema_usage else "")
     script = f"psql -f {SCRIPT} -v refresher={shlex.quote(access.role)} -v views={shlex.quote(view)}"
     if access.via_function:
         if access.function_owner and access.function_owner != access.view_owner:
-            return (f"{FUNCTION_NAME} belongs to {_role(access.function_owner)} and refreshes only views of "
-                    f"that role, but {view} belongs to {owner}: make {_role(access.function_owner)} the owner "
+            return (f"{FUNCTION_NAME} belongs to {quote_identifier(access.function_owner)} and refreshes only views of "
+                    f"that role, but {view} belongs to {owner}: make {quote_identifier(access.function_owner)} the owner "
                     f"of the view, or (PostgreSQL 17+) GRANT MAINTAIN ON {view} TO {role}")
         return (f"as the view's owner {owner}, put it on the allow-list {ALLOWLIST_TABLE}: `{script}` "
                 f"(or add the row {_literal(schema)}, {_literal(view_name)} to it by hand)")
@@ -157,14 +155,8 @@ def permission_message(view: str, schema: str, view_name: str, access: RefreshAc
 
     ``view`` is the display name (``schema.name``, quoted as needed), ``schema``/``view_name`` its parts.
     """
-    return (f"permission denied: role {_role(access.role)} may not refresh {view} ({detail}). "
+    return (f"permission denied: role {quote_identifier(access.role)} may not refresh {view} ({detail}). "
             f"Fix: {fix_for(view, schema, view_name, access)}")
-
-
-def sql_ident(name: str) -> str:
-    """``name`` as an SQL identifier, quoted only when it needs to be (for messages)."""
-    plain = name.isidentifier() and name == name.lower() and name.isascii()
-    return name if plain else '"' + name.replace('"', '""') + '"'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,10 +202,10 @@ def log_access(conn: psycopg.Connection) -> LogAccess:
     if not missing:
         return LogAccess(None, bool(can_mirror and usage))
     return LogAccess(
-        f"role {_role(role)} cannot write the refresh log (missing {', '.join(missing)}): as the owner of "
+        f"role {quote_identifier(role)} cannot write the refresh log (missing {', '.join(missing)}): as the owner of "
         f"the ops schema, run `psql -f {SCRIPT} -v refresher={shlex.quote(role)} -v part=ops`, or "
-        f"GRANT USAGE ON SCHEMA ops TO {_role(role)}; "
-        f"GRANT SELECT, INSERT, UPDATE ON ops.mv_refresh_log TO {_role(role)}", False)
+        f"GRANT USAGE ON SCHEMA ops TO {quote_identifier(role)}; "
+        f"GRANT SELECT, INSERT, UPDATE ON ops.mv_refresh_log TO {quote_identifier(role)}", False)
 
 
 def missing_log_privileges(conn: psycopg.Connection) -> str | None:

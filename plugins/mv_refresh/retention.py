@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
+from .names import quote_identifier
+
 # The ids to keep whatever their age: per view, the newest OK row and the newest finished row (both read
 # from V004's indexes: one entry per view each).
 _PROTECTED = """
@@ -53,10 +55,10 @@ def missing_delete_privilege(conn: psycopg.Connection) -> str | None:
         "SELECT current_user, has_table_privilege('ops.mv_refresh_log', 'DELETE')").fetchone()
     if allowed:
         return None
-    return (f'role "{role}" may not delete rows of ops.mv_refresh_log (no DELETE privilege: by design the refreshing role cannot erase '
-            f"the history it writes): prune as a maintenance role, set up with `psql -f "
-            f"include/sql/ops/least_privilege.sql -v refresher=... -v maintainer=<role> -v part=ops`; in Airflow, "
-            f"point MV_REFRESH_MAINTENANCE_CONN_ID at a connection of that role")
+    return (f"role {quote_identifier(role)} may not delete rows of ops.mv_refresh_log (no DELETE privilege: by "
+            "design the refreshing role cannot erase the history it writes): prune as a maintenance role, set up "
+            "with `psql -f include/sql/ops/least_privilege.sql -v refresher=... -v maintainer=<role> -v part=ops`; "
+            "in Airflow, point MV_REFRESH_MAINTENANCE_CONN_ID at a connection of that role")
 
 
 @dataclass

@@ -230,10 +230,16 @@ def set_rows(conn: psycopg.Connection, spec: ViewSpec, rows: int) -> None:
 
 
 def forget_markers_seen_by_all(conn: psycopg.Connection) -> int:
-    """Delete markers every view's recorded snapshot has seen (older than the oldest snapshot's xmin)."""
-    return conn.execute(
-        "DELETE FROM ops.mv_source_change WHERE xid < (SELECT min(pg_snapshot_xmin(snapshot)) FROM ops.mv_refresh_state)"
-    ).rowcount
+    """Delete the markers every view that reads their source has seen (in its recorded snapshot).
+
+    Exact, whatever long transactions elsewhere on the server hold back: a marker stays only while a view
+    reading its table (or catalog view) has a snapshot that does not see it.
+    """
+    return conn.execute("""
+        DELETE FROM ops.mv_source_change AS m
+        WHERE NOT EXISTS (SELECT 1 FROM ops.mv_refresh_state AS s
+                          WHERE m.source_oid = ANY (s.sources) AND NOT pg_visible_in_snapshot(m.xid, s.snapshot))
+    """).rowcount
 
 
 # May this role record what a refresh saw (V005 applied and the grants given)? A scalar SQL expression.

@@ -96,10 +96,6 @@ def _chosen(catalog: Catalog, view: ViewRef | None) -> list[ViewSpec]:
     return list(catalog.views) if view is None else [catalog.get(view)]
 
 
-def _where(catalog: Catalog, spec: ViewSpec) -> str:
-    return f"{catalog.source}, line {spec.line}" if spec.line else catalog.source
-
-
 _PRESENT = """
 SELECT v.schema_name, v.mv_name, c.oid, c.relkind
 FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
@@ -377,7 +373,7 @@ def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProble
     problems: list[PlanProblem] = []
     for spec in views:
         name = spec.display_name
-        where = _where(catalog, spec)
+        where = catalog.where(spec)
         if spec.key not in present:
             problems.append(PlanProblem(
                 "ERROR", name,
@@ -409,7 +405,7 @@ def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProble
                     problems.append(PlanProblem(
                         "ERROR", name,
                         f"reads {read_name}{path}, which the catalog lists below it "
-                        f"({_where(catalog, read)}): views are refreshed top to bottom, so {name} "
+                        f"({catalog.where(read)}): views are refreshed top to bottom, so {name} "
                         f"would be built from the previous contents of {read_name}",
                         f"move {read_name} above {name} in the catalog{also}",
                     ))

@@ -284,7 +284,42 @@ def test_log_prune_refuses_a_role_without_delete(lab_cli, capsys, monkeypatch):
         monkeypatch.setenv("MV_REFRESH_DSN", make_conninfo(**params))
         assert main(["log", "prune", "--keep-days", "30"]) == 1
         err = capsys.readouterr().err
-        assert f'role "{role}" may not delete rows of ops.mv_refresh_log' in err and "-v maintainer=" in err
+        assert f'role {role} may not delete rows of ops.mv_refresh_log' in err and "-v maintainer=" in err
     finally:
         with connect(lab_cli, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_names_print_as_postgresql_quotes_them_one_line_each(lab_dsn, monkeypatch, tmp_path, capsys):
+    """A quote, a semicolon, a keyword, a newline in a name: every line shows the name as quote_ident() would,
+    with a control character as a U&"" escape, so no name splits a line or reads as SQL."""
+    from mv_refresh.migrations import init_db
+
+    with connect(lab_dsn, autocommit=True) as conn:
+        conn.execute('CREATE MATERIALIZED VIEW lab."we""ird; DROP TABLE lab.src" AS SELECT 1 AS id')
+        conn.execute('CREATE MATERIALIZED VIEW lab."new\nline" AS SELECT 1 AS id')
+        conn.execute('CREATE MATERIALIZED VIEW lab."user" AS SELECT 1 AS id')
+    path = tmp_path / "odd.yaml"
+    path.write_text("version: 1\nviews:\n"
+                    "  - name: 'lab.\"we\"\"ird; DROP TABLE lab.src\"'\n"
+                    "  - name: 'lab.U&\"new\\000aline\"'\n"
+                    "  - name: 'lab.\"user\"'\n")
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
+    monkeypatch.setenv("MV_REFRESH_DSN", lab_dsn)
+    from mv_refresh.catalog import load_catalog
+
+    init_db(lab_dsn, load_catalog())
+    assert main(["refresh", "--all"]) == 0
+    assert main(["health"]) == 0
+    out = capsys.readouterr().out
+    shown = ['lab."we""ird; DROP TABLE lab.src"', 'lab.U&"new\\000Aline"', 'lab."user"']
+    for name in shown:
+        assert f"  {name}: OK (" in out  # the refresh line
+        assert any(line.startswith(name + " ") and " OK " in line for line in out.splitlines())  # health
+    assert not any(line.startswith("line") for line in out.splitlines())  # no name broke a line
+    assert scalar_count(lab_dsn) == 1000
+
+
+def scalar_count(dsn: str) -> int:
+    with connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM lab.src").fetchone()[0]
