@@ -71,6 +71,17 @@ def connect(dsn: str, *, autocommit: bool = False, purpose: str = "", **kwargs: 
         ) from None
 
 
+def safe_message(exc: BaseException) -> str:
+    """The error's primary message (and hint), never its DETAIL: 21000's DETAIL holds row data."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+        if exc.diag.message_hint:
+            text += f" (hint: {exc.diag.message_hint})"
+        return text
+    first = str(exc).strip().splitlines()
+    return first[0] if first else type(exc).__name__
+
+
 def _first_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else text
     return line

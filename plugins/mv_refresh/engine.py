@@ -40,7 +40,7 @@ from psycopg.pq import TransactionStatus
 
 from . import pg, privileges, tracking
 from .catalog import Catalog, CatalogError, ViewSpec, format_qualified_name, quote_identifier
-from .db import APPLICATION_NAME, connect
+from .db import APPLICATION_NAME, connect, safe_message
 from .migrations import mirror_view
 
 METHOD_CONCURRENTLY = "CONCURRENTLY"
@@ -368,17 +368,6 @@ def is_retryable(exc: BaseException) -> bool:
             return isinstance(exc, psycopg.OperationalError)
         return state in RETRYABLE_SQLSTATES or state.startswith("08")
     return isinstance(exc, (ConnectionError, TimeoutError))
-
-
-def safe_message(exc: BaseException) -> str:
-    """The error's primary message (and hint), never its DETAIL: 21000's DETAIL holds row data."""
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        text = exc.diag.message_primary
-        if exc.diag.message_hint:
-            text += f" (hint: {exc.diag.message_hint})"
-        return text
-    first = str(exc).strip().splitlines()
-    return first[0] if first else type(exc).__name__
 
 
 def _interruption(exc: BaseException) -> str:

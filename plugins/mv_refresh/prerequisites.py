@@ -28,8 +28,8 @@ from psycopg import sql
 
 from . import pg
 from .catalog import Catalog, ViewSpec
-from .db import connect
-from .engine import ViewState, ViewUnavailable, inspect_view, safe_message
+from .db import connect, safe_message
+from .engine import ViewState, ViewUnavailable, inspect_view
 
 PROGRESS_AFTER_SECONDS = 3.0
 PROGRESS_EVERY_SECONDS = 5.0

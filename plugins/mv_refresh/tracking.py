@@ -32,6 +32,7 @@ from psycopg import sql
 
 from . import pg
 from .catalog import Catalog, ViewSpec, format_qualified_name
+from .db import safe_message
 from .sources import Relation, Tree, digest, read_trees, special_node_reason
 
 TRIGGER_NAME = "mv_refresh_track"
@@ -320,8 +321,6 @@ def install(conn: psycopg.Connection, catalog: Catalog, views: list[ViewSpec], *
 
 
 def _install_fix(exc: psycopg.Error, table: Relation) -> str:
-    from .engine import safe_message
-
     text = f"[{exc.sqlstate}] {safe_message(exc)}"
     if exc.sqlstate == "42501":
         text += (f"; the trigger needs the owner of {table.display_name} (ENABLE ALWAYS is the owner's), and "
