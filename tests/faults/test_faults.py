@@ -154,11 +154,15 @@ def test_unreachable_server_at_start_is_retryable_and_names_the_target():
 
 
 def test_deadlock_is_a_retryable_error_and_the_retry_succeeds(lab_dsn, lab):
-    """Fault 4: the refresh and a session that locks in the other order deadlock (40P01)."""
+    """Fault 4: the refresh and a session that locks in the other order deadlock (40P01).
+
+    The refresh reads the view's definition (and so takes ACCESS SHARE on its sources) in the transaction
+    that then refreshes it; a report holding the view and then taking the source exclusively closes a cycle.
+    """
     with connect(lab_dsn) as other:
-        # The other session: lock the source first (the refresh then blocks reading it) ...
         other.execute("SET deadlock_timeout = '10s'")  # let the refresh's backend detect the deadlock
-        other.execute("LOCK TABLE lab.src IN ACCESS EXCLUSIVE MODE")
+        # The other session: a report holding the view (a PLAIN refresh then waits for it) ...
+        other.execute("SELECT count(*) FROM lab.mv_conc")
         outcome: dict = {}
 
         def run():
@@ -171,9 +175,9 @@ def test_deadlock_is_a_retryable_error_and_the_retry_succeeds(lab_dsn, lab):
         thread.start()
         wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                            " AND application_name LIKE 'mv-refresh refresh%%'"),
-                  what="the refresh waiting for lab.src")
-        # ... then read the view the refresh holds ACCESS EXCLUSIVE on: a cycle.
-        other.execute("SELECT count(*) FROM lab.mv_conc")
+                  what="the refresh waiting for the view")
+        # ... then takes the source the refresh has read: a cycle.
+        other.execute("LOCK TABLE lab.src IN ACCESS EXCLUSIVE MODE")
         other.rollback()
     thread.join(30)
     error = outcome["error"]
@@ -224,7 +228,7 @@ def test_deadlocked_task_is_retried_by_airflow(lab_dsn, airflow_db, airflow_conn
     assert bag.import_errors == {}
     other = connect(lab_dsn)
     other.execute("SET deadlock_timeout = '10s'")  # the refresh's backend detects the cycle first
-    other.execute("LOCK TABLE lab.src IN ACCESS EXCLUSIVE MODE")
+    other.execute("SELECT count(*) FROM lab.mv_conc")  # a report holding the view
 
     def close_the_cycle():
         wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
@@ -232,7 +236,7 @@ def test_deadlocked_task_is_retried_by_airflow(lab_dsn, airflow_db, airflow_conn
                   # dag.test() takes a while to start the task on a busy machine; the refresh then waits
                   # up to its lock timeout (10 s) for the cycle to close, which this thread does at once.
                   timeout=120, what="the task's refresh waiting")
-        other.execute("SELECT count(*) FROM lab.mv_conc")  # waits for the refresh: a cycle
+        other.execute("LOCK TABLE lab.src IN ACCESS EXCLUSIVE MODE")  # waits for the refresh: a cycle
         other.rollback()
 
     closer = threading.Thread(target=close_the_cycle)

@@ -1,9 +1,9 @@
 -- V003: who may read and write the ops schema is decided by explicit grants (docs/security.md).
 --
 -- Nothing in ops is readable by PUBLIC. The log and the health views are operational data: no row data
--- of the views (the engine never stores the DETAIL of an error), but error messages name roles, pids and,
--- for a lock timeout, the first 120 characters of the blocking session's query (which pg_stat_activity
--- shows only to that session's role and to pg_read_all_stats). So readers are granted by name: see
+-- of the views (the engine never stores the DETAIL of an error, nor another session's SQL), but error
+-- messages name roles, pids and, for a lock timeout, who blocked the refresh and in which lock mode. So
+-- readers are granted by name: see
 -- include/sql/ops/least_privilege.sql, which also grants the refreshing role what it needs.
 --
 -- This migration creates no role and grants nothing to a named role: role names are the DBA's, and
