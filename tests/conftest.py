@@ -229,6 +229,18 @@ def lab_dsn(pg_server: PgServer, lab_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def lab_files(lab_dsn, tmp_path, monkeypatch):
+    """The lab database, with MV_REFRESH_CONFIG (the lab catalog) and MV_REFRESH_DSN pointing at it."""
+    from lab import LAB_CATALOG
+
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB_CATALOG)
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
+    monkeypatch.setenv("MV_REFRESH_DSN", lab_dsn)
+    return lab_dsn
+
+
+@pytest.fixture
 def lab():
     from lab import lab_catalog
 

@@ -16,18 +16,13 @@ from mv_refresh.db import connect
 
 
 @pytest.fixture
-def lab_cli(lab_dsn, monkeypatch, tmp_path):
-    from lab import LAB_CATALOG
-
+def lab_cli(lab_files):
+    """The lab files, and the catalog mirrored into ops.mv_catalog."""
     from mv_refresh.catalog import load_catalog
     from mv_refresh.migrations import init_db
 
-    path = tmp_path / "lab.yaml"
-    path.write_text(LAB_CATALOG)
-    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
-    monkeypatch.setenv("MV_REFRESH_DSN", lab_dsn)
-    init_db(lab_dsn, load_catalog())
-    return lab_dsn
+    init_db(lab_files, load_catalog())
+    return lab_files
 
 
 def test_refresh_prints_each_view_and_exits_0(lab_cli, capsys):

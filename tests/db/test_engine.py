@@ -157,7 +157,7 @@ def test_overlapping_refreshes_run_one_after_the_other(lab_dsn, lab):
 
 
 def _waiting_on_a_lock(dsn: str) -> bool:
-    return bool(scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    return bool(scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
                              " AND application_name LIKE 'mv-refresh refresh%%'"))
 
 

@@ -261,7 +261,7 @@ def test_the_function_path_falls_back_to_plain_once(sec, catalog):
         thread = threading.Thread(target=run)
         thread.start()
         deadline = time.monotonic() + 10
-        while not sec.scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        while not sec.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
                              "AND usename = %s", (sec.refresher,)):
             assert time.monotonic() < deadline, "the refresh never waited for the lock"
             time.sleep(0.05)

@@ -190,7 +190,7 @@ def test_a_writer_that_commits_while_a_refresh_runs_is_never_lost(wh):
         outcome: dict = {}
         thread = threading.Thread(target=lambda: outcome.update(result=_refresh(wh, "wh.mv_claims", mode="plain")))
         thread.start()
-        wait_for(lambda: scalar(wh, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        wait_for(lambda: scalar(wh, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
                                     " AND query LIKE 'REFRESH%%'"), what="the refresh waiting for its lock")
         _sql(wh, "INSERT INTO wh.claims VALUES (3003, 2, 7)")  # after the snapshot, before the REFRESH ran
         blocker.rollback()

@@ -6,7 +6,6 @@ exit code and the data must be afterwards.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,17 +28,6 @@ def _statuses(dsn: str, mv: str) -> list[str]:
     with connect(dsn) as conn:
         return [r[0] for r in conn.execute(
             "SELECT status FROM ops.mv_refresh_log WHERE mv_name = %s ORDER BY id", (mv,))]
-
-
-@pytest.fixture
-def lab_files(lab_dsn, tmp_path, monkeypatch):
-    from lab import LAB_CATALOG
-
-    path = tmp_path / "lab.yaml"
-    path.write_text(LAB_CATALOG)
-    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
-    monkeypatch.setenv("MV_REFRESH_DSN", lab_dsn)
-    return lab_dsn
 
 
 def test_killed_worker_backend_goes_on_and_nothing_runs_twice(lab_files, lab):
@@ -153,14 +141,17 @@ def test_unreachable_server_at_start_is_retryable_and_names_the_target():
     assert proc.returncode == 3 and "UNKNOWN" in proc.stderr and "S3cret" not in proc.stderr + proc.stdout
 
 
-def test_deadlock_is_a_retryable_error_and_the_retry_succeeds(lab_dsn, lab):
+def test_deadlock_is_a_retryable_error_and_the_retry_succeeds(lab_dsn, lab, monkeypatch):
     """Fault 4: the refresh and a session that locks in the other order deadlock (40P01).
 
     The refresh reads the view's definition (and so takes ACCESS SHARE on its sources) in the transaction
     that then refreshes it; a report holding the view and then taking the source exclusively closes a cycle.
     """
+    # A backend checks for a deadlock once, deadlock_timeout after it starts to wait: the refresh's check
+    # must come after the cycle closes (5 s of room), and the other session's never.
+    monkeypatch.setenv("PGOPTIONS", "-c deadlock_timeout=5s")
     with connect(lab_dsn) as other:
-        other.execute("SET deadlock_timeout = '10s'")  # let the refresh's backend detect the deadlock
+        other.execute("SET deadlock_timeout = '60s'")
         # The other session: a report holding the view (a PLAIN refresh then waits for it) ...
         other.execute("SELECT count(*) FROM lab.mv_conc")
         outcome: dict = {}
@@ -173,7 +164,7 @@ def test_deadlock_is_a_retryable_error_and_the_retry_succeeds(lab_dsn, lab):
 
         thread = threading.Thread(target=run)
         thread.start()
-        wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
                                            " AND application_name LIKE 'mv-refresh refresh%%'"),
                   what="the refresh waiting for the view")
         # ... then takes the source the refresh has read: a cycle.
@@ -208,30 +199,29 @@ with DAG("deadlock_retry_probe", schedule=None, start_date=pendulum.datetime(202
 @pytest.mark.airflow
 def test_deadlocked_task_is_retried_by_airflow(lab_dsn, airflow_db, airflow_conn, monkeypatch, tmp_path):
     """Fault 4 through Airflow: the task fails with 40P01, goes up_for_retry, and the retry succeeds."""
-    from airflow.dag_processing.dagbag import DagBag
     from lab import LAB_CATALOG
+    from probes import probe_dag
 
     path = tmp_path / "lab.yaml"
     path.write_text(LAB_CATALOG)
     monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
     airflow_conn(lab_dsn)
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "deadlock_retry_probe.py").write_text(PROBE_DAG)
-    # dag.test() runs DAGs that live in a configured bundle: add the probe's folder as one.
-    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([
-        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
-        {"name": "fault-probes", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-         "kwargs": {"path": str(dags)}},
-    ]))
-    bag = DagBag(dag_folder=str(dags), bundle_path=dags, bundle_name="fault-probes")
-    assert bag.import_errors == {}
+    dag = probe_dag(tmp_path, monkeypatch, "deadlock_retry_probe", PROBE_DAG)
     other = connect(lab_dsn)
-    other.execute("SET deadlock_timeout = '10s'")  # the refresh's backend detects the cycle first
+    other.execute("SET deadlock_timeout = '60s'")  # the refresh's backend (5 s, below) detects the cycle
+    monkeypatch.setenv("PGOPTIONS", "-c deadlock_timeout=5s")
     other.execute("SELECT count(*) FROM lab.mv_conc")  # a report holding the view
 
+    closed: dict = {}
+
     def close_the_cycle():
-        wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        try:
+            _close_the_cycle()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            closed["error"] = exc
+
+    def _close_the_cycle():
+        wait_for(lambda: scalar(lab_dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
                                            " AND application_name LIKE 'mv-refresh refresh%%'"),
                   # dag.test() takes a while to start the task on a busy machine; the refresh then waits
                   # up to its lock timeout (10 s) for the cycle to close, which this thread does at once.
@@ -241,9 +231,10 @@ def test_deadlocked_task_is_retried_by_airflow(lab_dsn, airflow_db, airflow_conn
 
     closer = threading.Thread(target=close_the_cycle)
     closer.start()
-    run = bag.dags["deadlock_retry_probe"].test()
+    run = dag.test()
     closer.join(30)
     other.close()
+    assert "error" not in closed, closed
     [ti] = run.get_task_instances()
     assert (run.state, ti.state, ti.try_number) == ("success", "success", 2)
     assert _statuses(lab_dsn, "mv_conc") == ["ERROR", "OK"]

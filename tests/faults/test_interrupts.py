@@ -7,7 +7,6 @@ old data stays readable, and the process says so in one line, without a tracebac
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,17 +21,6 @@ from lab import scalar, set_sleep, wait_for
 from mv_refresh.db import connect
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def lab_files(lab_dsn, tmp_path, monkeypatch):
-    from lab import LAB_CATALOG
-
-    path = tmp_path / "lab.yaml"
-    path.write_text(LAB_CATALOG)
-    monkeypatch.setenv("MV_REFRESH_CONFIG", str(path))
-    monkeypatch.setenv("MV_REFRESH_DSN", lab_dsn)
-    return lab_dsn
 
 
 def _rows(dsn: str) -> list[tuple]:
@@ -133,22 +121,13 @@ def test_a_task_timeout_cancels_the_refresh_through_airflow(lab_files, airflow_d
                                                             tmp_path):
     """execution_timeout fires inside the running statement (AirflowTaskTimeout, which psycopg does not
     treat as an interrupt): the engine cancels the server-side statement itself and logs the row."""
-    from airflow.dag_processing.dagbag import DagBag
+    from probes import probe_dag
 
     dsn = lab_files
     airflow_conn(dsn)
     set_sleep(dsn, 120)
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "timeout_probe.py").write_text(TIMEOUT_DAG)
-    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([
-        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
-        {"name": "timeout-probes", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-         "kwargs": {"path": str(dags)}},
-    ]))
-    bag = DagBag(dag_folder=str(dags), bundle_path=dags, bundle_name="timeout-probes")
-    assert bag.import_errors == {}
-    run = bag.dags["timeout_probe"].test()
+    dag = probe_dag(tmp_path, monkeypatch, "timeout_probe", TIMEOUT_DAG)
+    run = dag.test()
     [ti] = run.get_task_instances()
     assert (run.state, ti.state) == ("failed", "failed")
     [(status, sqlstate, message, pid)] = _rows(dsn)
