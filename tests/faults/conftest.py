@@ -4,6 +4,10 @@ Started by the first test that asks for it, on the session's PostgreSQL server (
 its metadata database, a redis-server of its own (so a test may restart it), a scheduler, a
 dag-processor, an API server and two Celery workers. ``postgres_default`` points at a demo warehouse of
 the session; the probe DAGs of ``celery_dags/`` run on lab warehouses that each test creates.
+
+The tests that use it run one after the other (collection puts them first among the fault tests), and
+the deployment is stopped as soon as the last of them is done: its processes would otherwise share the
+machine's CPUs with the rest of the suite.
 """
 
 from __future__ import annotations
@@ -16,6 +20,31 @@ from pathlib import Path
 import pytest
 
 PROBE_DAGS = ("mvr_probe_slow_refresh", "mvr_probe_blocked_plain")
+_running: list = []  # the session's deployment while it is up
+
+
+def _uses_stack(item: pytest.Item) -> bool:
+    return "celery_stack" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that use the deployment first among the fault tests, in their own order."""
+    faults = Path(__file__).parent
+    positions = [i for i, item in enumerate(items) if faults in Path(str(item.fspath)).parents]
+    ordered = sorted((items[i] for i in positions), key=lambda item: not _uses_stack(item))
+    for position, item in zip(positions, ordered, strict=True):
+        items[position] = item
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """Stop the deployment right after the last test that needs it (once its own fixtures are gone)."""
+    result = yield
+    if _running and _uses_stack(item):
+        later = item.session.items[item.session.items.index(item) + 1:]
+        if not any(_uses_stack(other) for other in later):
+            _running.pop().stop()
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +65,11 @@ def celery_stack(pg_server, demo_template, tmp_path_factory) -> Iterator:
         for dag_id in (REFRESH_DAG, *PROBE_DAGS):
             stack.wait_for_dag(dag_id)
             stack.unpause(dag_id)
+        _running.append(stack)
         yield stack
     finally:
+        if stack in _running:
+            _running.remove(stack)
         stack.stop()
         pg_server.drop_database(demo)
 

@@ -206,7 +206,7 @@ class CeleryStack:
     catalog_text: str | None = None  # default: include/mv_refresh.yaml
     heartbeat_timeout: int = 20  # [scheduler] task_instance_heartbeat_timeout: a dead worker is noticed after this
     queued_timeout: int = 90  # [scheduler] task_queued_timeout: a task message lost with Redis is re-sent after this
-    parsing_interval: int = 10
+    parsing_interval: int = 30  # [dag_processor] min_file_process_interval; use_catalog asks for a parse
     extra_env: dict[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = lambda _line: None
 
@@ -318,7 +318,8 @@ class CeleryStack:
     def _start(self, timeout: float) -> None:
         from mv_refresh.db import connect
 
-        deadline = time.monotonic() + timeout
+        self._t0 = time.monotonic()
+        deadline = self._t0 + timeout
         self.logs.mkdir(parents=True)
         self.airflow_home.mkdir()
         self.catalog_path.write_text(self.default_catalog_text)
@@ -334,6 +335,7 @@ class CeleryStack:
                                  timeout=max(deadline - time.monotonic(), 30))
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}")
+        phases = [("db migrate", time.monotonic())]
         airflow = str(BIN / "airflow")
         self.components["api-server"] = Component("api-server", [airflow, "api-server"],
                                                   self.logs / "api-server.log")
@@ -345,13 +347,19 @@ class CeleryStack:
         for component in self.components.values():
             component.start(env)
         self._wait_healthy(deadline)
+        phases.append(("scheduler, dag-processor, API server healthy", time.monotonic()))
         for name in self.worker_hostnames:
             self._wait_worker_ready(name, deadline)
+        phases.append(("workers ready", time.monotonic()))
         self.api("POST", "/api/v2/pools", json={"name": "mv_refresh", "slots": self.workers * self.worker_concurrency,
                                                 "description": "mv-refresh refreshes (docs/at-scale.md)"})
         # Parsed, but left paused: unpausing an hourly DAG creates a run at once (the latest cron time),
         # so the caller first points postgres_default at the warehouse (use_warehouse), then unpauses.
         self.wait_for_dag(REFRESH_DAG, timeout=max(deadline - time.monotonic(), 30))
+        phases.append((f"{REFRESH_DAG} parsed", time.monotonic()))
+        marks = [started for _name, started in phases]
+        self.log("celery stack: " + ", ".join(f"{name} +{now - before:.0f} s" for (name, now), before
+                                             in zip(phases, [self._t0, *marks[:-1]], strict=True)))
 
     def _check_tools(self) -> None:
         probe = subprocess.run([*uts_prefix("mvr-probe"), "true"], capture_output=True, text=True)
