@@ -100,8 +100,9 @@ def _start_refresh(client_dsn: str, observer_dsn: str, catalog: Path) -> tuple[s
                               "refresh", "orphan.mv_slow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        # This database only: the server may be shared, and other sessions refresh views too.
         pid = _scalar(observer_dsn, "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
-                                    "AND query ILIKE 'REFRESH MATERIALIZED VIEW%%'")
+                                    "AND datname = current_database() AND query ILIKE 'REFRESH MATERIALIZED VIEW%%'")
         if pid:
             return child, pid, before
         time.sleep(0.1)
@@ -164,6 +165,8 @@ def _fmt(seconds: float | None) -> str:
 
 
 def main() -> int:
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every `finally` below cleans up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     databases = Databases.from_environment()
     results: list[dict] = []
     failed = False

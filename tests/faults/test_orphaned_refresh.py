@@ -29,7 +29,8 @@ def test_killed_client_stops_its_refresh_within_the_check_interval_and_rolls_it_
     cli = subprocess.Popen([str(BIN / "mv-refresh"), "--dsn", lab_dsn, "--config", str(catalog), "refresh",
                             "lab.mv_slow", "--mode", "plain"], env=os.environ.copy(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid = wait_for(lambda: scalar(lab_dsn, "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+    pid = wait_for(lambda: scalar(lab_dsn, "SELECT max(pid) FROM pg_stat_activity WHERE state = 'active' "
+                                           "AND datname = current_database() "
                                            "AND query LIKE 'REFRESH MATERIALIZED VIEW%%'"),
                    timeout=60, what="the REFRESH running")
     cli.send_signal(signal.SIGKILL)
