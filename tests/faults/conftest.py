@@ -65,6 +65,9 @@ def celery_stack(pg_server, demo_template, tmp_path_factory) -> Iterator:
         for dag_id in (REFRESH_DAG, *PROBE_DAGS):
             stack.wait_for_dag(dag_id)
             stack.unpause(dag_id)
+        # Unpausing the hourly DAG (catchup off) makes the scheduler start the latest hourly run at once;
+        # wait until it exists, so that every test can wait for the DAG to be idle before its own run.
+        stack.wait_for_runs(REFRESH_DAG)
         _running.append(stack)
         yield stack
     finally:

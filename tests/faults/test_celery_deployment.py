@@ -30,9 +30,9 @@ def test_the_hourly_run_lands_on_both_workers_and_refreshes_every_view_once(cele
     """The session unpaused the hourly DAG (catchup off): the scheduler starts the latest hourly run at
     once, as on a fresh deployment; that run is checked here."""
     stack = celery_stack
-    runs = stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns", params={"order_by": "run_after"})["dag_runs"]
-    assert runs and runs[0]["run_type"] == "scheduled", runs
-    run_id = runs[0]["dag_run_id"]
+    first = stack.runs(DAG)[0]
+    assert first["run_type"] == "scheduled", first
+    run_id = first["dag_run_id"]
     assert stack.wait_for_run(DAG, run_id, timeout=300) == "success"
 
     catalog = load_catalog()
@@ -68,15 +68,17 @@ def test_sensor_reschedules_while_a_refresh_runs_and_a_failed_run_alerts(celery_
     catalog = load_catalog()
     broken, critical = catalog.views[0], catalog.critical_views[0]
     index_name, index_def = _unique_index(dsn, broken.display_name)
+    env = {**os.environ, "MV_REFRESH_DSN": dsn, "MV_REFRESH_CONFIG": str(stack.catalog_path)}
+    stack.wait_idle(DAG)
+    # Every view populated, whichever test ran before (the reader below must be able to read).
+    subprocess.run([str(BIN / "mv-refresh"), "refresh", "--all"], env=env, check=True, capture_output=True)
     reader = connect(dsn)
     cli = None
     try:
         with connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(*index_name.split("."))))
         reader.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(critical.schema, critical.name)))
-        stack.wait_idle(DAG)
         # Another process refreshes the critical view (PLAIN: it waits for the reader's lock).
-        env = {**os.environ, "MV_REFRESH_DSN": dsn, "MV_REFRESH_CONFIG": str(stack.catalog_path)}
         cli = subprocess.Popen([str(BIN / "mv-refresh"), "refresh", critical.display_name, "--mode", "plain",
                                 "--lock-timeout", "300"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)

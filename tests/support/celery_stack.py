@@ -227,6 +227,12 @@ class CeleryStack:
         self.worker_hostnames = {f"worker{i}": f"mvr-{self.id}-w{i}" for i in range(1, self.workers + 1)}
         self._token: str | None = None
         self._created_db = False
+        from cryptography.fernet import Fernet
+
+        # Shared by every component, as in any multi-host deployment: the key that encrypts connection
+        # passwords in the metadata database, the JWT secret of the execution API, the UI's session key.
+        self._secrets = {"fernet": Fernet.generate_key().decode(), "jwt": secrets.token_hex(32),
+                         "api": secrets.token_hex(16)}
 
     # ----------------------------------------------------------------------------------------------
     # Configuration
@@ -245,11 +251,6 @@ class CeleryStack:
 
     def env(self) -> dict[str, str]:
         """The environment of every component: one configuration, as a Helm chart would render it."""
-        from cryptography.fernet import Fernet
-
-        if not hasattr(self, "_secrets"):
-            self._secrets = {"fernet": Fernet.generate_key().decode(), "jwt": secrets.token_hex(32),
-                             "api": secrets.token_hex(16)}
         bundles = [{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
                     "kwargs": {}}]
         if self.extra_dags:
@@ -523,6 +524,18 @@ class CeleryStack:
 
     def unpause(self, dag_id: str) -> None:
         self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's runs as the REST API lists them, oldest first."""
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "id", "limit": 100})["dag_runs"]
+
+    def wait_for_runs(self, dag_id: str, count: int = 1, *, timeout: float = 120.0) -> list[dict[str, Any]]:
+        """Wait until ``dag_id`` has at least ``count`` runs (e.g. the one unpausing an hourly DAG creates)."""
+        def enough() -> list[dict[str, Any]] | None:
+            runs = self.runs(dag_id)
+            return runs if len(runs) >= count else None
+
+        return self._wait(enough, timeout, f"{count} run(s) of {dag_id}", self.components.get("scheduler"))
 
     def active_runs(self, dag_id: str) -> list[str]:
         runs = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})
