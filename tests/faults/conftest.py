@@ -28,7 +28,11 @@ def _uses_stack(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests that use the deployment first among the fault tests, in their own order."""
+    """The tests that use the deployment: marked ``celery`` (``-m "not celery"`` skips its ~4 minutes),
+    and first among the fault tests, in their own order."""
+    for item in items:
+        if _uses_stack(item):
+            item.add_marker(pytest.mark.celery)
     faults = Path(__file__).parent
     positions = [i for i, item in enumerate(items) if faults in Path(str(item.fspath)).parents]
     ordered = sorted((items[i] for i in positions), key=lambda item: not _uses_stack(item))
