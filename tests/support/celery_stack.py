@@ -338,14 +338,11 @@ class CeleryStack:
             raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}")
         phases = [("db migrate", time.monotonic())]
         airflow = str(BIN / "airflow")
-        self.components["api-server"] = Component("api-server", [airflow, "api-server"],
-                                                  self.logs / "api-server.log")
-        self.components["scheduler"] = Component("scheduler", [airflow, "scheduler"], self.logs / "scheduler.log")
-        self.components["dag-processor"] = Component("dag-processor", [airflow, "dag-processor"],
-                                                     self.logs / "dag-processor.log")
-        for name in self.worker_hostnames:
-            self.components[name] = self._worker_component(name)
-        for component in self.components.values():
+        started = [Component(name, [airflow, name], self.logs / f"{name}.log")
+                   for name in ("api-server", "scheduler", "dag-processor")]
+        started += [self._worker_component(name) for name in self.worker_hostnames]
+        for component in started:  # the private redis-server runs already: never start it twice
+            self.components[component.name] = component
             component.start(env)
         self._wait_healthy(deadline)
         phases.append(("scheduler, dag-processor, API server healthy", time.monotonic()))
@@ -396,15 +393,17 @@ class CeleryStack:
                                               "--dir", str(self.home)], self.logs / "redis.log")
         redis_component.start(os.environ.copy())
         self.components["redis"] = redis_component
-        self._wait(lambda: self._redis_answers(), 30, "the private redis-server to answer", redis_component)
+        self._wait(lambda: self._redis_pid() == redis_component.pid, 30,
+                   f"our redis-server (pid {redis_component.pid}) answering on port {self.redis_port}", redis_component)
 
-    def _redis_answers(self) -> bool:
+    def _redis_pid(self) -> int | None:
+        """The pid of the redis-server that answers on our port (another one may hold the port)."""
         import redis
 
         try:
-            return bool(redis.Redis("127.0.0.1", self.redis_port, socket_timeout=1).ping())
+            return int(redis.Redis("127.0.0.1", self.redis_port, socket_timeout=1).info("server")["process_id"])
         except redis.RedisError:
-            return False
+            return None
 
     def stop(self, *, keep_logs: bool = False) -> None:
         """End every process of the deployment, drop its metadata database and Redis keys, remove its home.
