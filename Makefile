@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-ui lint airflow load-test bench demo-stop clean
+.PHONY: help install demo test test-ui lint airflow load-test bench demo-stop clean celery-up celery-down celery-status orphan-timings
 
 help:
 	@echo "make demo      refresh the demo views through the ops_mv_refresh DAG and print their health"
@@ -14,7 +14,11 @@ help:
 	@echo "make test-ui   the browser tests: Debian's chromium (/usr/bin/chromium) against make airflow"
 	@echo "make airflow   airflow standalone on the demo database: trigger from the UI, Browse > MV Health"
 	@echo "make lint      ruff"
-	@echo "make load-test 50 views, Airflow (LocalExecutor, 4 workers) + 2 CLI loops for 3 minutes"
+	@echo "make load-test 50 views on the Celery deployment (2 workers) + a CLI loop for 10 minutes"
+	@echo "               (LOAD_VIEWS, LOAD_SECONDS; docs/at-scale.md)"
+	@echo "make celery-up Airflow with the CeleryExecutor, Redis, PostgreSQL metadata, 2 workers, in the"
+	@echo "               background (make celery-status, make celery-down)"
+	@echo "make orphan-timings  how long a REFRESH goes on after its client is killed or cut off"
 	@echo "make bench     benchmarks: tables, bench/out/ (results, figures; README figures to docs/img/); BENCH_SCALE=full: the long form"
 	@echo "make demo-stop stop the embedded PostgreSQL;  make clean  remove .demo/ and .venv/"
 
@@ -43,7 +47,21 @@ lint: install
 	$(BIN)/ruff check --select AIR3 dags plugins
 
 load-test: install
-	$(BIN)/python bench/loadtest.py --views $${LOAD_VIEWS:-50} --seconds $${LOAD_SECONDS:-180}
+	$(BIN)/python bench/loadtest.py --views $${LOAD_VIEWS:-50} --seconds $${LOAD_SECONDS:-600}
+
+celery-up: install
+	$(BIN)/python tests/support/celery_stack.py start
+
+celery-down: install
+	$(BIN)/python tests/support/celery_stack.py stop
+
+celery-status: install
+	$(BIN)/python tests/support/celery_stack.py status
+
+# On TEST_DATABASE_URL's server when set, then on the embedded PostgreSQL 18.
+orphan-timings: install
+	@if [ -n "$${TEST_DATABASE_URL:-}" ]; then BENCH_DATABASE_URL=$$TEST_DATABASE_URL $(BIN)/python bench/orphan_timings.py; fi
+	env -u BENCH_DATABASE_URL $(BIN)/python bench/orphan_timings.py
 
 bench: install
 	$(BIN)/python bench/run.py

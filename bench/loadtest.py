@@ -1,14 +1,23 @@
-"""Load: many views refreshed by Airflow workers and CLI processes at once; nothing runs twice, nothing is lost.
+"""Load on the Celery deployment: ops_mv_refresh over many views, runs back to back, CLI refreshes beside them.
 
-    .venv/bin/python bench/loadtest.py --views 50 --seconds 180      # the full form: `make load-test`
+    make load-test                                     # 50 views, 10 minutes (LOAD_VIEWS, LOAD_SECONDS)
+    .venv/bin/python bench/loadtest.py --views 50 --seconds 600
 
-What runs, all against one database:
-* ``airflow standalone`` (LocalExecutor, ``parallelism`` 4, SQLite metadata in a temporary home) with the
-  project's ``ops_mv_refresh`` DAG over a generated catalog of N views in chains of five, triggered
-  again whenever its previous run has finished;
-* two ``mv-refresh refresh --all --json`` loops.
-Then it checks: no two refreshes of one view overlapped in time, no RUNNING row is left, and the log
-has exactly one row per attempt (Airflow task tries that ran + CLI attempts).
+What runs (tests/support/celery_stack.py): Airflow 3.3 with the CeleryExecutor, the machine's Redis as
+the broker (its own key prefix and queue), the metadata database on the PostgreSQL server, a scheduler,
+a dag-processor, an API server and two Celery workers of their own hostnames. The project's
+``ops_mv_refresh`` DAG runs over a generated catalog of N views with a branching graph (five roots;
+every other view reads one or two earlier views), triggered again as soon as its previous run has
+ended (the hourly DAG run back to back; ``max_active_runs=1``), while another process runs
+``mv-refresh refresh --all`` in a loop on the same views.
+
+Server: ``MV_REFRESH_DSN``'s or ``TEST_DATABASE_URL``'s (a scratch warehouse and the metadata database
+are created there and dropped at the end), else the embedded PostgreSQL under ``.demo/load-pg``.
+
+Reported: DAG runs, attempts (Airflow task tries that reached the engine, CLI refreshes), log rows by
+status, overlaps of two refreshes of one view (must be 0), RUNNING rows left (must be 0), and the
+p50/p95 duration of a refresh task against the bare REFRESH of the same views. The exit status is 1 when
+an invariant is broken (overlap, RUNNING left, a log row missing or extra); durations are reported only.
 """
 
 from __future__ import annotations
@@ -17,202 +26,194 @@ import argparse
 import json
 import os
 import signal
-import sqlite3
+import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CHAIN = 5
+ROOTS = 5
+DAG = "ops_mv_refresh"
+
+
+def upstream_of(k: int) -> list[int]:
+    """The branching graph: views 1-5 are roots; view k reads view k-5, and every third also k-3."""
+    if k <= ROOTS:
+        return []
+    ups = [k - ROOTS]
+    if k % 3 == 0:
+        ups.append(k - 3)
+    return sorted(set(ups))
+
+
+def view_name(k: int) -> str:
+    return f"mv_{k:03d}"
 
 
 def build_views(dsn: str, count: int) -> str:
-    """``load.mv_001..N``: each takes ~50-130 ms; view k reads view k-1 within its chain of five."""
+    """``load.mv_001..N`` (2,000 rows each, ~50-130 ms of pg_sleep); return their catalog's YAML."""
     from mv_refresh.db import connect
 
-    lines = ["version: 1", "defaults:", "  lock_timeout_seconds: 120", "  statement_timeout_seconds: 120",
+    lines = ["version: 1", "defaults:", "  lock_timeout_seconds: 120", "  statement_timeout_seconds: 300",
              "views:"]
     with connect(dsn) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS load")
         for k in range(1, count + 1):
-            name = f"mv_{k:03d}"
-            first_in_chain = (k - 1) % CHAIN == 0
-            source = (sql.SQL("generate_series(1, 2000) AS g(id)") if first_in_chain
-                      else sql.SQL("{} AS g").format(sql.Identifier("load", f"mv_{k - 1:03d}")))
+            ups = upstream_of(k)
+            if ups:
+                source = sql.SQL("{} AS g").format(sql.Identifier("load", view_name(ups[0])))
+                for extra in ups[1:]:
+                    source += sql.SQL(" JOIN {} USING (id)").format(sql.Identifier("load", view_name(extra)))
+            else:
+                source = sql.SQL("generate_series(1, 2000) AS g(id)")
             conn.execute(sql.SQL(
-                "CREATE MATERIALIZED VIEW IF NOT EXISTS {} AS SELECT g.id FROM {}, "
-                "(SELECT pg_sleep({})) AS z"
-            ).format(sql.Identifier("load", name), source, sql.Literal(0.05 + (k % 5) * 0.02)))
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {} AS SELECT id FROM {}, (SELECT pg_sleep({})) AS z"
+            ).format(sql.Identifier("load", view_name(k)), source, sql.Literal(0.05 + (k % 5) * 0.02)))
             conn.execute(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (id)").format(
-                sql.Identifier(f"ux_{name}_grain"), sql.Identifier("load", name)))
-            lines.append(f"  - name: load.{name}")
+                sql.Identifier(f"ux_{view_name(k)}_id"), sql.Identifier("load", view_name(k))))
+            lines.append(f"  - name: load.{view_name(k)}")
             lines.append("    grain: [id]")
             if k == count:
                 lines.append("    critical: true")
-            if not first_in_chain:
-                lines.append(f"    upstream: [load.mv_{k - 1:03d}]")
+            if ups:
+                lines.append(f"    upstream: [{', '.join(f'load.{view_name(u)}' for u in ups)}]")
     return "\n".join(lines) + "\n"
+
+
+def bare_refresh_seconds(dsn: str, count: int, reps: int = 3) -> list[float]:
+    """The median of ``reps`` plain psycopg ``REFRESH ... CONCURRENTLY`` of each view: no log, no Airflow."""
+    from mv_refresh.db import connect
+
+    medians = []
+    with connect(dsn, autocommit=True, purpose="load bare") as conn:
+        for k in range(1, count + 1):
+            statement = sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(
+                sql.Identifier("load", view_name(k)))
+            samples = []
+            for _ in range(reps):
+                started = time.perf_counter()
+                conn.execute(statement)
+                samples.append(time.perf_counter() - started)
+            medians.append(statistics.median(samples))
+    return medians
 
 
 @dataclass
 class Outcome:
-    cli_attempts: int = 0
+    run_ids: list[str] = field(default_factory=list)
+    run_states: dict[str, str] = field(default_factory=dict)
     cli_runs: int = 0
-    dag_runs: list[str] = field(default_factory=list)
+    cli_attempts: int = 0
     airflow_attempts: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    overlaps: int = 0
+    running_left: int = 0
+    figures: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
 def _cli_loop(env: dict[str, str], deadline: float, outcome: Outcome, lock: threading.Lock) -> None:
     while time.monotonic() < deadline:
         proc = subprocess.run([str(BIN / "mv-refresh"), "refresh", "--all", "--json"], env=env,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=900)
         results = json.loads(proc.stdout or "[]")
         with lock:
             outcome.cli_runs += 1
-            # NOT_RUN (upstream failed in this invocation) never reached the engine: no log row.
+            # NOT_RUN (an upstream failed in this invocation) never reached the engine: no log row.
             outcome.cli_attempts += sum(1 for r in results if r["status"] != "NOT_RUN")
 
 
-def _airflow(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, check=True,
-                          timeout=300).stdout
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+
+    def q(p: float) -> float:
+        return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
+
+    return {"n": len(ordered), "p50": q(0.5), "p95": q(0.95), "max": ordered[-1]}
 
 
-def _free_port() -> int:
-    import socket
+def run_load(stack, dsn: str, *, views: int, seconds: float, log=print) -> Outcome:
+    """Run the load on a started CeleryStack against warehouse ``dsn``; check and measure it."""
+    from refresh_log import overlaps, running_left
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_api(port: int, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/version", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError("airflow standalone did not come up within 180 s")
-
-
-def _running_runs(airflow_db: Path) -> int:
-    with sqlite3.connect(airflow_db) as db:
-        return db.execute("SELECT count(*) FROM dag_run WHERE dag_id = 'ops_mv_refresh' "
-                          "AND state IN ('queued', 'running')").fetchone()[0]
-
-
-def _airflow_attempts(airflow_db: Path) -> int:
-    """Task executions that reached the engine: every try of a refresh task that ran (not skipped)."""
-    query = ("SELECT count(*) FROM {table} WHERE dag_id = 'ops_mv_refresh' AND task_id LIKE 'refresh_%' "
-             "AND state IN ('success', 'failed', 'up_for_retry')")
-    with sqlite3.connect(airflow_db) as db:
-        current = db.execute(query.replace("{table}", "task_instance")).fetchone()[0]
-        earlier = db.execute(query.replace("{table}", "task_instance_history")).fetchone()[0]
-    return current + earlier
-
-
-def run_load(dsn: str, *, views: int, seconds: float, log=print) -> Outcome:
     from mv_refresh.catalog import parse_catalog
-    from mv_refresh.db import airflow_connection_json
     from mv_refresh.migrations import init_db
 
-    home = Path(tempfile.mkdtemp(prefix="mvr-load-"))
-    catalog_path = home / "catalog.yaml"
-    catalog_path.write_text(build_views(dsn, views))
-    init_db(dsn, parse_catalog(catalog_path.read_text(), source=str(catalog_path)))
-    port = _free_port()  # not 8080: a developer's own Airflow may be there
-    env = {
-        **os.environ,
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-        "MV_REFRESH_DSN": dsn,
-        "MV_REFRESH_CONFIG": str(catalog_path),
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow/airflow.db",
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-        "AIRFLOW_CONN_POSTGRES_DEFAULT": airflow_connection_json(dsn),
-    }
-    for key in ("AIRFLOW__CORE__UNIT_TEST_MODE",):
-        env.pop(key, None)
-    (home / "airflow").mkdir()
-    airflow_db = home / "airflow" / "airflow.db"
+    catalog_text = build_views(dsn, views)
+    init_db(dsn, parse_catalog(catalog_text, source="load catalog"))
+    log(f"load: {views} views; measuring the bare REFRESH of each ...")
+    bare = bare_refresh_seconds(dsn, views)
+    stack.wait_idle(DAG)
+    stack.use_warehouse(dsn)
+    stack.use_catalog(catalog_text)
+    started_at = datetime.now(timezone.utc)
+    stack.unpause(DAG)  # on a fresh deployment this starts the latest hourly run at once: it counts too
+    env = {**os.environ, "MV_REFRESH_DSN": dsn, "MV_REFRESH_CONFIG": str(stack.catalog_path)}
     outcome = Outcome()
-    log(f"load: {views} views, {seconds:.0f} s; airflow home {home / 'airflow'}")
-    _airflow(env, "db", "migrate")
-    # The refresh tasks run in this pool (dags/ops_mv_refresh.py); a task in a missing pool never starts.
-    _airflow(env, "pools", "set", "mv_refresh", "4", "mv-refresh load test")
-    with open(home / "standalone.log", "w") as standalone_log:
-        standalone = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=standalone_log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + seconds
+    lock = threading.Lock()
+    cli = threading.Thread(target=_cli_loop, args=(env, deadline, outcome, lock))
+    cli.start()
+    log(f"load: {seconds:.0f} s of ops_mv_refresh runs back to back + `mv-refresh refresh --all` in a loop")
     try:
-        _wait_for_api(port)
-        _airflow(env, "dags", "reserialize")
-        _airflow(env, "dags", "unpause", "ops_mv_refresh")
-        deadline = time.monotonic() + seconds
-        lock = threading.Lock()
-        loops = [threading.Thread(target=_cli_loop, args=(env, deadline, outcome, lock)) for _ in range(2)]
-        for loop in loops:
-            loop.start()
         while time.monotonic() < deadline:
-            if _running_runs(airflow_db) == 0:
-                _airflow(env, "dags", "trigger", "ops_mv_refresh")
-                outcome.dag_runs.append(time.strftime("%H:%M:%S"))
-                log(f"  {time.strftime('%H:%M:%S')} triggered ops_mv_refresh run {len(outcome.dag_runs)}")
+            if not stack.active_runs(DAG):
+                outcome.run_ids.append(stack.trigger(DAG))
+                log(f"  {time.strftime('%H:%M:%S')} run {len(outcome.run_ids)} triggered")
             time.sleep(2)
-        for loop in loops:
-            loop.join()
-        end = time.monotonic() + 600
-        while _running_runs(airflow_db) and time.monotonic() < end:
-            time.sleep(2)
-        outcome.airflow_attempts = _airflow_attempts(airflow_db)
     finally:
-        os.killpg(standalone.pid, signal.SIGTERM)
-        try:
-            standalone.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(standalone.pid, signal.SIGKILL)
-    check(dsn, outcome)
-    log(f"  dag runs {len(outcome.dag_runs)}, airflow attempts {outcome.airflow_attempts}, "
-        f"cli runs {outcome.cli_runs}, cli attempts {outcome.cli_attempts}")
-    return outcome
-
-
-def check(dsn: str, outcome: Outcome) -> None:
+        cli.join()
+    stack.wait_idle(DAG, timeout=900)
+    # Every run of the DAG that started since the load began counts, an hourly one included.
+    runs = stack.api("GET", f"/api/v2/dags/{DAG}/dagRuns",
+                     params={"start_date_gte": started_at.isoformat(), "limit": 1000})["dag_runs"]
+    outcome.run_ids = [r["dag_run_id"] for r in runs]
+    outcome.run_states = {r["dag_run_id"]: r["state"] for r in runs}
+    run_seconds = [(datetime.fromisoformat(r["end_date"]) - datetime.fromisoformat(r["start_date"])).total_seconds()
+                   for r in runs if r["start_date"] and r["end_date"]]
+    tries = [t for run_id in outcome.run_ids for t in stack.task_tries(DAG, run_id)
+             if t["task_id"].startswith("refresh_")]
+    # Tries that reached the engine (skipped / upstream_failed tasks never ran).
+    outcome.airflow_attempts = sum(1 for t in tries if t["state"] in ("success", "failed", "up_for_retry"))
+    durations = [t["duration"] for t in tries if t["state"] == "success" and t["duration"] is not None]
+    queue_waits = stack.query("""
+        SELECT extract(epoch FROM start_date - queued_dttm) FROM task_instance
+        WHERE dag_id = %s AND run_id = ANY(%s) AND task_id LIKE 'refresh_%%' AND state = 'success'""",
+                              (DAG, outcome.run_ids))
     from mv_refresh.db import connect
 
     with connect(dsn) as conn:
-        overlaps = conn.execute("""
-            SELECT mv_name, count(*) FROM (
-                SELECT mv_name, refresh_started_at,
-                       lag(refresh_finished_at) OVER (PARTITION BY schema_name, mv_name
-                                                      ORDER BY refresh_started_at) AS previous_finished
-                FROM ops.mv_refresh_log WHERE status IN ('OK', 'ERROR')) AS t
-            WHERE refresh_started_at < previous_finished GROUP BY mv_name""").fetchall()
-        running = conn.execute("SELECT count(*) FROM ops.mv_refresh_log WHERE status = 'RUNNING'").fetchone()[0]
+        outcome.statuses = dict(conn.execute(
+            "SELECT status, count(*) FROM ops.mv_refresh_log GROUP BY status").fetchall())
         by_runner = dict(conn.execute("SELECT run_by, count(*) FROM ops.mv_refresh_log GROUP BY run_by").fetchall())
-        statuses = dict(conn.execute("SELECT status, count(*) FROM ops.mv_refresh_log GROUP BY status").fetchall())
-    if overlaps:
-        outcome.problems.append(f"refreshes of one view overlapped: {overlaps}")
-    if running:
-        outcome.problems.append(f"{running} RUNNING row(s) left")
+        engine = [r[0] / 1000 for r in conn.execute(
+            "SELECT duration_ms FROM ops.mv_refresh_log WHERE status = 'OK' AND run_by = 'airflow'")]
+        hosts = dict(conn.execute("SELECT client_hostname, count(*) FROM ops.mv_refresh_log "
+                                  "WHERE run_by = 'airflow' GROUP BY client_hostname").fetchall())
+    outcome.overlaps = len(overlaps(dsn))
+    outcome.running_left = running_left(dsn)
+    outcome.figures = {
+        "task_duration_s": _quantiles(durations),
+        "refresh_in_engine_s": _quantiles(engine),
+        "bare_refresh_s": _quantiles(bare),
+        "queued_to_start_s": _quantiles([float(r[0]) for r in queue_waits if r[0] is not None]),
+        "run_duration_s": _quantiles(run_seconds),
+        "airflow_refreshes_by_worker": hosts,
+    }
+    if outcome.overlaps:
+        outcome.problems.append(f"{outcome.overlaps} pair(s) of refreshes of one view overlapped")
+    if outcome.running_left:
+        outcome.problems.append(f"{outcome.running_left} RUNNING row(s) left")
     if by_runner.get("cli", 0) != outcome.cli_attempts:
         outcome.problems.append(f"CLI: {outcome.cli_attempts} attempts but {by_runner.get('cli', 0)} log rows")
     if by_runner.get("airflow", 0) != outcome.airflow_attempts:
@@ -220,35 +221,81 @@ def check(dsn: str, outcome: Outcome) -> None:
             f"Airflow: {outcome.airflow_attempts} attempts but {by_runner.get('airflow', 0)} log rows")
     if not outcome.airflow_attempts or not outcome.cli_attempts:
         outcome.problems.append("one side made no attempt at all: the load did not happen")
-    outcome.statuses = statuses  # type: ignore[attr-defined]
+    if len(hosts) < 2:
+        outcome.problems.append(f"the refreshes did not run on both workers: {hosts}")
+    return outcome
+
+
+def report(outcome: Outcome) -> str:
+    f = outcome.figures
+    states: dict[str, int] = {}
+    for state in outcome.run_states.values():
+        states[state] = states.get(state, 0) + 1
+
+    def row(label: str, q: dict[str, float]) -> str:
+        if not q.get("n"):
+            return f"  {label:34} (none)"
+        return f"  {label:34} p50 {q['p50']:6.2f} s   p95 {q['p95']:6.2f} s   max {q['max']:6.2f} s   (n={q['n']})"
+
+    bare50 = f["bare_refresh_s"].get("p50") or float("nan")
+    task50 = f["task_duration_s"].get("p50") or float("nan")
+    return "\n".join([
+        f"DAG runs: {len(outcome.run_ids)} {states}",
+        f"attempts: Airflow {outcome.airflow_attempts}, CLI {outcome.cli_attempts} ({outcome.cli_runs} CLI runs)",
+        f"log rows: {sum(outcome.statuses.values())} {outcome.statuses}",
+        f"overlaps: {outcome.overlaps} (must be 0)    RUNNING left: {outcome.running_left} (must be 0)",
+        f"refreshes by worker: {f['airflow_refreshes_by_worker']}",
+        row("Airflow task duration", f["task_duration_s"]),
+        row("REFRESH inside the task (log)", f["refresh_in_engine_s"]),
+        row("bare REFRESH (psycopg, idle)", f["bare_refresh_s"]),
+        row("queued -> running (Celery)", f["queued_to_start_s"]),
+        row(f"whole DAG run ({len(outcome.run_ids)} runs)", f["run_duration_s"]),
+        f"task p50 / bare p50: {task50 / bare50:.1f}x",
+    ])
 
 
 def main() -> int:
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every `finally` below cleans up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=180)
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--private-redis", action="store_true", help="a redis-server of its own, not the machine's")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from celery_stack import CeleryStack, with_dbname
+
     from mv_refresh.db import connect
 
     admin = os.environ.get("MV_REFRESH_DSN") or os.environ.get("TEST_DATABASE_URL")
+    embedded_dir = ROOT / ".demo" / "load-pg"
+    started_embedded = False
     if not admin:
         from mv_refresh.embedded import start_embedded
 
-        admin = start_embedded(ROOT / ".demo" / "load-pg")
+        started_embedded = not (embedded_dir / "postmaster.pid").exists()
+        admin = start_embedded(embedded_dir)
     name = f"mvr_load_{os.getpid()}"
     with connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(admin)
-    params["dbname"] = name
+    stack = CeleryStack(admin, private_redis=args.private_redis, heartbeat_timeout=60, queued_timeout=600,
+                        parsing_interval=30, log=print)
     try:
-        outcome = run_load(make_conninfo(**params), views=args.views, seconds=args.seconds)
+        stack.start()
+        outcome = run_load(stack, with_dbname(admin, name), views=args.views, seconds=args.seconds)
     finally:
+        stack.stop()
         with connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    print(f"log rows by status: {outcome.statuses}")  # type: ignore[attr-defined]
+        if started_embedded:
+            from mv_refresh.embedded import stop_embedded
+
+            stop_embedded(embedded_dir)
+    print(report(outcome))
+    out = ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "loadtest.json").write_text(json.dumps({"views": args.views, "seconds": args.seconds,
+                                                   **outcome.__dict__}, indent=2, default=str) + "\n")
     if outcome.problems:
         print("FAILED:\n  " + "\n  ".join(outcome.problems))
         return 1

