@@ -63,8 +63,8 @@ def migrate(home: Path, env: dict[str, str]) -> float:
 
 
 def measure(dsn: str, home: Path, rounds: int) -> dict[str, Any]:
+    from mv_refresh.airflow.connection import airflow_connection_json
     from mv_refresh.catalog import load_catalog
-    from mv_refresh.db import airflow_connection_json
 
     catalog = load_catalog()
     env = bk.airflow_env(home, AIRFLOW_CONN_POSTGRES_DEFAULT=airflow_connection_json(dsn))

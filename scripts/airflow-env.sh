@@ -19,5 +19,5 @@ export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$PARALLELISM_DE
 # The pool the refresh tasks run in (dags/ops_mv_refresh.py reads MV_REFRESH_POOL), and its size.
 export MV_REFRESH_POOL="${MV_REFRESH_POOL:-mv_refresh}"
 export MV_REFRESH_POOL_SLOTS="${MV_REFRESH_POOL_SLOTS:-4}"
-AIRFLOW_CONN_POSTGRES_DEFAULT=$("$BIN/python" -c 'import os; from mv_refresh.db import airflow_connection_json as j; print(j(os.environ["MV_REFRESH_DSN"]))')
+AIRFLOW_CONN_POSTGRES_DEFAULT=$("$BIN/python" -c 'import os; from mv_refresh.airflow.connection import airflow_connection_json as j; print(j(os.environ["MV_REFRESH_DSN"]))')
 export AIRFLOW_CONN_POSTGRES_DEFAULT

@@ -200,7 +200,7 @@ def airflow_db() -> str:
 @pytest.fixture
 def airflow_conn(monkeypatch):
     """Point the ``postgres_default`` Airflow connection at a test database."""
-    from mv_refresh.db import airflow_connection_json
+    from mv_refresh.airflow.connection import airflow_connection_json
 
     def point_at(dsn: str) -> None:
         monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", airflow_connection_json(dsn))

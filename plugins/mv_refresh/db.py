@@ -177,22 +177,3 @@ def safe_message(exc: BaseException) -> str:
 def _first_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else text
     return line
-
-
-def airflow_connection_json(dsn: str) -> str:
-    """The DSN as an Airflow connection in JSON form (for ``AIRFLOW_CONN_<ID>``).
-
-    JSON rather than a URI so a Unix-socket directory as host (the embedded server) survives intact.
-    """
-    import json
-
-    params = conninfo_to_dict(dsn)
-    conn: dict[str, Any] = {"conn_type": "postgres"}
-    for ours, theirs in (("host", "host"), ("port", "port"), ("user", "login"), ("password", "password"),
-                         ("dbname", "schema")):
-        if params.get(ours):
-            conn[theirs] = int(params[ours]) if ours == "port" else params[ours]
-    extra = {k: v for k, v in params.items() if k not in ("host", "port", "user", "password", "dbname")}
-    if extra:
-        conn["extra"] = extra
-    return json.dumps(conn)

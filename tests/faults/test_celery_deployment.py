@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from celery_stack import REFRESH_DAG_LEAVES
 from lab import scalar, wait_for
 from psycopg import sql
 from refresh_log import log_rows, overlaps, running_left
@@ -37,9 +38,12 @@ def test_the_hourly_run_lands_on_both_workers_and_refreshes_every_view_once(cele
 
     catalog = load_catalog()
     tries = stack.task_tries(DAG, run_id)
-    assert {t["task_id"] for t in tries} == {*(v.task_id for v in catalog.views), "health_check"}
-    assert all((t["state"], t["try_number"]) == ("success", 1) for t in tries), tries
-    hosts = {t["task_id"]: t["hostname"] for t in tries}
+    assert {t["task_id"] for t in tries} == {*(v.task_id for v in catalog.views), *REFRESH_DAG_LEAVES}
+    watcher = [t for t in tries if t["task_id"] == "fail_run_if_any_task_failed"]
+    assert [t["state"] for t in watcher] == ["skipped"], watcher
+    ran = [t for t in tries if t not in watcher]
+    assert all((t["state"], t["try_number"]) == ("success", 1) for t in ran), ran
+    hosts = {t["task_id"]: t["hostname"] for t in ran}
     assert set(hosts.values()) == set(stack.worker_hostnames.values()), f"tasks did not use both workers: {hosts}"
 
     rows = [r for r in log_rows(stack.demo_dsn) if r["run_id"] == run_id]

@@ -46,8 +46,8 @@ def _backend_alive(dsn: str, pid: int) -> bool:
 
 
 def _locks_of_view(dsn: str) -> int:
-    """Locks anyone holds on lab.mv_slow or on its advisory key (mv_refresh.engine.ADVISORY_LOCK_CLASS)."""
-    from mv_refresh.engine import ADVISORY_LOCK_CLASS
+    """Locks anyone holds on lab.mv_slow or on its advisory key (mv_refresh.pg.ADVISORY_LOCK_CLASS)."""
+    from mv_refresh.pg import ADVISORY_LOCK_CLASS
 
     return scalar(dsn, """
         SELECT count(*) FROM pg_locks

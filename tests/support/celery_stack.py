@@ -62,6 +62,9 @@ BIN = Path(sys.executable).parent
 MACHINE_REDIS = ("127.0.0.1", 6379)
 STATE_FILE = ROOT / ".demo" / "celery-stack.json"
 REFRESH_DAG = "ops_mv_refresh"
+# The tasks of ops_mv_refresh besides one per view: the health sensor, and the watcher that fails the run
+# when any task failed (skipped in a run where none did).
+REFRESH_DAG_LEAVES = frozenset({"health_check", "fail_run_if_any_task_failed"})
 EXTRA_BUNDLE = "mvr-extra"
 
 
@@ -559,7 +562,7 @@ class CeleryStack:
 
     def add_connection(self, conn_id: str, dsn: str, *, extra: dict | None = None) -> None:
         """Create (or replace) Airflow connection ``conn_id`` in the metadata database from a libpq DSN."""
-        from mv_refresh.db import airflow_connection_json
+        from mv_refresh.airflow.connection import airflow_connection_json
 
         conn = json.loads(airflow_connection_json(dsn))
         body = {"connection_id": conn_id, "conn_type": "postgres", "host": conn.get("host"),
@@ -582,7 +585,7 @@ class CeleryStack:
         tmp.replace(self.catalog_path)
         dag = self.api("GET", f"/api/v2/dags/{REFRESH_DAG}")
         self.api("PUT", f"/api/v2/parseDagFile/{dag['file_token']}", ok=(200, 201))
-        self.wait_for_dag(REFRESH_DAG, timeout=timeout, tasks={*(v.task_id for v in catalog.views), "health_check"})
+        self.wait_for_dag(REFRESH_DAG, timeout=timeout, tasks={*(v.task_id for v in catalog.views), *REFRESH_DAG_LEAVES})
 
     # ----------------------------------------------------------------------------------------------
     # What happened (read from the metadata database)

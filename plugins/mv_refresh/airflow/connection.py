@@ -1,10 +1,11 @@
-"""From an Airflow connection id to a libpq conninfo the engine can use."""
+"""Between Airflow connections and libpq conninfo strings, both ways."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 # Extras that PostgresHook itself interprets and that are not libpq parameters.
 _HOOK_ONLY_EXTRAS = {"cursor", "iam", "redshift", "redshift-serverless", "aws_conn_id", "cluster-identifier",
@@ -36,3 +37,20 @@ def dsn_for_connection(conn_id: str) -> str:
         if key not in ignored:
             params[key] = value
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+def airflow_connection_json(dsn: str) -> str:
+    """The DSN as an Airflow connection in JSON form (for ``AIRFLOW_CONN_<ID>``).
+
+    JSON rather than a URI so a Unix-socket directory as host (the embedded server) survives intact.
+    """
+    params = conninfo_to_dict(dsn)
+    conn: dict[str, Any] = {"conn_type": "postgres"}
+    for ours, theirs in (("host", "host"), ("port", "port"), ("user", "login"), ("password", "password"),
+                         ("dbname", "schema")):
+        if params.get(ours):
+            conn[theirs] = int(params[ours]) if ours == "port" else params[ours]
+    extra = {k: v for k, v in params.items() if k not in ("host", "port", "user", "password", "dbname")}
+    if extra:
+        conn["extra"] = extra
+    return json.dumps(conn)
