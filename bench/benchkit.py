@@ -67,11 +67,11 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 
 def ratio_of(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Ratio of the medians, and the range of the per-round ratios (rounds are paired by index)."""
+    """Ratio of the medians, and the median and range of the per-round ratios (rounds paired by index)."""
     med = statistics.median(a) / statistics.median(b)
     paired = [x / y for x, y in zip(a, b, strict=False) if y > 0]
-    return {"ratio": med, "round_min": min(paired) if paired else math.nan,
-            "round_max": max(paired) if paired else math.nan}
+    return {"ratio": med, "paired_median": statistics.median(paired) if paired else math.nan,
+            "round_min": min(paired) if paired else math.nan, "round_max": max(paired) if paired else math.nan}
 
 
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:

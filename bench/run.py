@@ -56,8 +56,9 @@ SCALES: dict[str, dict[str, Any]] = {
         "parse_rounds": 5,
         "airflow_rounds": 2,
         "tracking_rounds": 3,
-        "writer_rounds": 3,
-        "writer_seconds": 10,
+        # Many short paired rounds: the writers' ratio is a median of per-round ratios (bench/tracking.py).
+        "writer_rounds": 8,
+        "writer_seconds": 4,
         "health_reps": 50,
     },
     "full": {
@@ -71,8 +72,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "parse_rounds": 10,
         "airflow_rounds": 3,
         "tracking_rounds": 5,
-        "writer_rounds": 5,
-        "writer_seconds": 20,
+        "writer_rounds": 12,
+        "writer_seconds": 8,
         "health_reps": 100,
     },
 }

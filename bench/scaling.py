@@ -26,7 +26,8 @@ def _chain(dsn: str) -> list[dict[str, Any]]:
     catalog = load_catalog()
     out = []
     for spec in catalog.views:
-        seconds, result = bk.timed(lambda spec=spec: refresh_view(dsn, catalog, spec))
+        # force: with change tracking installed (section 7) an unchanged view would be UNCHANGED, not refreshed.
+        seconds, result = bk.timed(lambda spec=spec: refresh_view(dsn, catalog, spec, force=True))
         out.append({"view": spec.display_name, "wall_s": seconds, "statement_s": result.duration_ms / 1000,
                     "rows": result.rows_after_refresh, "method": result.method})
     return out
