@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_clean(results), indent=1) + "\n")
     bk.say(f"results: {args.out}")
-    _publish(args.figures_dir)
+    if args.scale != "smoke":  # the smoke form checks the runner; its figures mean nothing
+        _publish(args.figures_dir)
     return 1 if results["errors"] else 0
 
 
