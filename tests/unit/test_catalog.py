@@ -28,16 +28,10 @@ from mv_refresh.catalog import (
     parse_qualified_name,
 )
 from mv_refresh.cli import main
+from mv_refresh.demo import DEMO_VIEWS
 from mv_refresh.paths import DEFAULT_CATALOG
 
-YANGO_CHAIN = [
-    "ops.mv_yango_payments_raw_current",
-    "ops.mv_yango_payments_ledger_latest",
-    "ops.mv_yango_payments_ledger_latest_enriched",
-    "ops.mv_yango_receivable_payable_detail",
-    "ops.mv_claims_payment_status_cabinet",
-    "ops.mv_yango_cabinet_claims_for_collection",
-]
+YANGO_CHAIN = list(DEMO_VIEWS)  # the shipped catalog's views, in the runbook's canonical order
 SOURCE = "test-catalog.yaml"
 TASK_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,250}")
 
