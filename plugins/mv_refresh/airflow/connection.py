@@ -25,6 +25,26 @@ def dsn_for_connection(conn_id: str) -> str:
     login, password, port = conn.login, conn.password, conn.port
     if conn.extra_dejson.get("iam", False):
         login, password, port = hook.get_iam_token(conn)
+    return _conninfo(hook, conn, login, password, port)
+
+
+async def adsn_for_connection(conn_id: str) -> str:
+    """:func:`dsn_for_connection` for an event loop (a trigger): the connection is fetched without blocking
+    the loop (``BaseHook.aget_connection``); an IAM token, if asked for, is fetched in a worker thread."""
+    import asyncio
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from airflow.sdk import BaseHook
+
+    conn = await BaseHook.aget_connection(conn_id)
+    hook = PostgresHook(postgres_conn_id=conn_id, connection=conn)
+    login, password, port = conn.login, conn.password, conn.port
+    if conn.extra_dejson.get("iam", False):
+        login, password, port = await asyncio.to_thread(hook.get_iam_token, conn)
+    return _conninfo(hook, conn, login, password, port)
+
+
+def _conninfo(hook: Any, conn: Any, login: str | None, password: str | None, port: int | None) -> str:
     params: dict[str, Any] = {
         "host": conn.host or None,
         "port": port or None,
