@@ -13,6 +13,7 @@ from airflow.sdk import Param, dag, task
 
 from mv_refresh.airflow.alerts import failure_notifier_from_env
 from mv_refresh.airflow.operators import MaterializedViewRefreshOperator, view_asset
+from mv_refresh.airflow.schedule import refresh_schedule
 from mv_refresh.airflow.sensors import MaterializedViewHealthSensor
 from mv_refresh.catalog import load_catalog
 
@@ -38,6 +39,9 @@ otherwise, with the reason logged), the row count, then `OK` or `ERROR`.
 * `fail_run_if_any_task_failed` fails the run whenever any refresh task failed, whatever the reason
   (even one that wrote no log row): a DAG run is only as green as its worst task.
 
+* **When**: every hour, and (unless `MV_REFRESH_EVENTS=off`) shortly after a tracked source commits a
+  change: the triggerer watches the change markers, waits for a quiet period, and the run it starts
+  refreshes the views that read what changed (the others are UNCHANGED in milliseconds). docs/events.md.
 * A view whose sources provably did not change since its last refresh (change tracking:
   `mv-refresh track install`) is not refreshed: its task logs `OK` with method `UNCHANGED` in
   milliseconds, and health counts it as a fresh refresh.
@@ -53,7 +57,9 @@ Health by SQL: `SELECT * FROM ops.v_mv_health;` - CLI: `mv-refresh health`.
 
 @dag(
     dag_id="ops_mv_refresh",
-    schedule="0 * * * *",
+    # Hourly, or as soon as a tracked source commits a change (debounced): MV_REFRESH_EVENTS=off for hourly
+    # only. The environment is all it reads (docs/events.md).
+    schedule=refresh_schedule(catalog.connection_id),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

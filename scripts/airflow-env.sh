@@ -19,5 +19,7 @@ export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$PARALLELISM_DE
 # The pool the refresh tasks run in (dags/ops_mv_refresh.py reads MV_REFRESH_POOL), and its size.
 export MV_REFRESH_POOL="${MV_REFRESH_POOL:-mv_refresh}"
 export MV_REFRESH_POOL_SLOTS="${MV_REFRESH_POOL_SLOTS:-4}"
+# Event-driven runs (docs/events.md): on unless MV_REFRESH_EVENTS=off; the DAG reads these when parsed.
+export MV_REFRESH_EVENTS="${MV_REFRESH_EVENTS:-on}"
 AIRFLOW_CONN_POSTGRES_DEFAULT=$("$BIN/python" -c 'import os; from mv_refresh.airflow.connection import airflow_connection_json as j; print(j(os.environ["MV_REFRESH_DSN"]))')
 export AIRFLOW_CONN_POSTGRES_DEFAULT

@@ -2,7 +2,9 @@
 # `make airflow`: airflow standalone (LocalExecutor, SQLite) on the demo database, for triggering
 # ops_mv_refresh from the UI and watching MV Health. Run `make demo` first, or set MV_REFRESH_DSN.
 #   AIRFLOW_PORT (default 8080; a free port when 8080 is taken), AIRFLOW__CORE__PARALLELISM (default
-#   2 per CPU, at least 4), MV_REFRESH_POOL / MV_REFRESH_POOL_SLOTS (default mv_refresh / 4).
+#   2 per CPU, at least 4), MV_REFRESH_POOL / MV_REFRESH_POOL_SLOTS (default mv_refresh / 4),
+#   MV_REFRESH_EVENTS (default on: a committed change of a tracked source starts a run, after
+#   MV_REFRESH_EVENTS_QUIET_SECONDS of quiet, default 30; off: hourly only; docs/events.md).
 # Ctrl-C (or SIGTERM) stops Airflow and every process it started: see mv_refresh/airflow/standalone.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,13 @@ fi
 "$BIN/mv-refresh" init-db > /dev/null
 # shellcheck source=scripts/airflow-env.sh
 source "$ROOT/scripts/airflow-env.sh"
+case "${MV_REFRESH_EVENTS,,}" in off|false|0|no) ;; *)
+  # Event-driven runs watch the change markers: the sources must be tracked (idempotent; a view missing
+  # from the database is reported and skipped).
+  echo "change tracking on the catalog's sources (mv-refresh track install --all); runs start on committed changes"
+  "$BIN/mv-refresh" track install --all > "$AIRFLOW_HOME/track-install.log" 2>&1 \
+    || { cat "$AIRFLOW_HOME/track-install.log"; echo "mv-refresh track install failed: event-driven runs will not see those tables"; }
+esac
 
 PORT=${AIRFLOW_PORT:-8080}
 if ! "$BIN/python" -c 'import sys; from mv_refresh.airflow.standalone import port_is_free as f; sys.exit(0 if f(int(sys.argv[1])) else 1)' "$PORT"; then

@@ -44,7 +44,9 @@ def test_ops_mv_refresh_shape(dagbag):
     dag = dagbag.dags["ops_mv_refresh"]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
-    assert dag.timetable.expression == "0 * * * *"
+    # Hourly, or on a committed change of a tracked source (MV_REFRESH_EVENTS, default on).
+    assert dag.timetable.timetable.expression == "0 * * * *"
+    assert [w.name for w in dag.timetable.asset_condition.watchers] == ["mv_refresh_source_changes"]
     expected = [v.task_id for v in catalog.views]
     leaves = {"health_check", "fail_run_if_any_task_failed"}
     assert [t.task_id for t in dag.topological_sort() if t.task_id not in leaves] == expected

@@ -49,16 +49,14 @@ _MAX_NAMES = 20
 # statement (and so the same snapshot) as the new watermark. Markers of materialized views are refreshes
 # (of the catalog's own views), not changes of the sources. Markers below the snapshot's xmin were seen.
 _POLL = """
-SELECT pg_current_snapshot()::text,
-       (SELECT count(*) FROM ops.mv_source_change AS m
-        WHERE m.xid >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
-          AND NOT pg_visible_in_snapshot(m.xid, %(seen)s::pg_snapshot)
-          AND NOT EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = m.source_oid AND c.relkind = 'm')),
-       ARRAY(SELECT DISTINCT m.source_oid::regclass::text FROM ops.mv_source_change AS m
-             WHERE m.xid >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
-               AND NOT pg_visible_in_snapshot(m.xid, %(seen)s::pg_snapshot)
-               AND NOT EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = m.source_oid AND c.relkind = 'm')
-             ORDER BY 1 LIMIT %(names)s)
+WITH new AS (
+    SELECT m.source_oid, m.xid FROM ops.mv_source_change AS m
+    WHERE m.xid >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
+      AND NOT pg_visible_in_snapshot(m.xid, %(seen)s::pg_snapshot)
+      AND NOT EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = m.source_oid AND c.relkind = 'm')
+)
+SELECT pg_current_snapshot()::text, (SELECT count(*) FROM new),
+       ARRAY(SELECT DISTINCT source_oid::regclass::text FROM new ORDER BY 1 LIMIT %(names)s)
 """
 
 # On start: markers of a source that a view reading it has not seen (its last refresh's snapshot).
