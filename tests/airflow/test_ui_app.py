@@ -19,7 +19,7 @@ from mv_refresh.db import connect
 pytestmark = pytest.mark.airflow
 ROUTES = [("GET", "/mv-refresh/"), ("GET", "/mv-refresh/api/health"), ("GET", "/mv-refresh/api/history"),
           ("GET", "/mv-refresh/api/graph"), ("GET", "/mv-refresh/api/runs/manual__x"),
-          ("POST", "/mv-refresh/api/refresh"), ("POST", "/mv-refresh/refresh")]
+          ("POST", "/mv-refresh/api/refresh"), ("POST", "/mv-refresh/refresh"), ("GET", "/mv-refresh/api/pools")]
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +269,32 @@ def test_an_undefined_connection_is_a_503_that_names_it(client, monkeypatch):
     response = client.get("/mv-refresh/api/health", headers={"Authorization": f"Bearer {_token('VIEWER')}"})
     assert response.status_code == 503
     assert "'postgres_default' is not defined" in response.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------ pools
+
+
+def test_a_missing_pool_is_reported_on_the_page_and_in_json_until_it_exists(client, healthy_db):
+    """Airflow never schedules a task whose pool does not exist (and says so only in the scheduler's log):
+    the page names the pool, its tasks and the command that creates it; once the pool exists, it is quiet."""
+    admin = {"Authorization": f"Bearer {_token('ADMIN')}"}
+    pool = next(t["pool"] for t in client.get("/api/v2/dags/ops_mv_refresh/tasks", headers=admin).json()["tasks"]
+                if t["task_id"].startswith("refresh_"))
+    client.delete(f"/api/v2/pools/{pool}", headers=admin)  # whatever an earlier test left
+    try:
+        states = {p["name"]: p for p in client.get("/mv-refresh/api/pools", headers=admin).json()}
+        refresh_tasks = sorted(v.task_id for v in load_catalog().views)
+        assert states[pool] == {"name": pool, "exists": False, "slots": None, "tasks": refresh_tasks,
+                                "fix": f"airflow pools set {pool} 4 'mv-refresh: refreshes of materialized views'"}
+        assert states["default_pool"]["exists"] is True and "health_check" in states["default_pool"]["tasks"]
+        page = client.get("/mv-refresh/", headers=admin)
+        assert page.status_code == 200
+        assert f'id="missing-pool-{pool}"' in page.text and f"airflow pools set {pool} 4" in page.text
+
+        created = client.post("/api/v2/pools", json={"name": pool, "slots": 2}, headers=admin)
+        assert created.status_code == 201, created.text
+        states = {p["name"]: p for p in client.get("/mv-refresh/api/pools", headers=admin).json()}
+        assert (states[pool]["exists"], states[pool]["slots"], states[pool]["fix"]) == (True, 2, None)
+        assert "missing-pool" not in client.get("/mv-refresh/", headers=admin).text
+    finally:
+        client.delete(f"/api/v2/pools/{pool}", headers=admin)

@@ -37,6 +37,18 @@ class RefreshRequest(BaseModel):
     include_downstream: bool = True
 
 
+class PoolState(BaseModel):
+    """A pool that tasks of ``ops_mv_refresh`` run in, and whether Airflow has it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    exists: bool | None  # None: the caller may not read pools
+    slots: int | None
+    tasks: list[str]
+    fix: str | None  # the command that creates it, when it is missing
+
+
 class TriggeredRun(BaseModel):
     """What ``POST /api/refresh`` answers: the run Airflow created, and whether it can start."""
 
@@ -242,6 +254,30 @@ async def trigger_refresh(request: Request, view: str, include_downstream: bool)
     )
 
 
+async def pool_states(request: Request) -> list[PoolState]:
+    """The pools the DAG's tasks use, as Airflow's API shows them to the caller.
+
+    A task in a pool that does not exist is never scheduled, and Airflow says so only in the scheduler's
+    log: the page shows it instead. Read through the REST API (the DAG as serialized, the pools), so it is
+    the pool the DAG really uses, whatever the environment of this process says.
+    """
+    tasks = await _airflow_api(request, "GET", f"/api/v2/dags/{DAG_ID}/tasks")
+    if tasks.status_code >= 400:
+        raise _api_error(tasks, f"read the tasks of {DAG_ID}")
+    by_pool: dict[str, list[str]] = {}
+    for task in tasks.json().get("tasks", []):
+        by_pool.setdefault(task.get("pool") or "default_pool", []).append(task["task_id"])
+    states = []
+    for name, task_ids in sorted(by_pool.items()):
+        response = await _airflow_api(request, "GET", f"/api/v2/pools/{quote(name, safe='')}")
+        exists = {200: True, 404: False}.get(response.status_code)
+        slots = response.json().get("slots") if exists else None
+        fix = (f"airflow pools set {name} 4 'mv-refresh: refreshes of materialized views'"
+               if exists is False else None)
+        states.append(PoolState(name=name, exists=exists, slots=slots, tasks=sorted(task_ids), fix=fix))
+    return states
+
+
 # --------------------------------------------------------------------------------------------------
 # The app
 
@@ -267,17 +303,23 @@ def create_app() -> FastAPI:
         str(escape(text)).replace("_", "_<wbr>").replace(".", ".<wbr>"))
 
     @app.get("/", response_class=HTMLResponse, summary="the MV Health page")
-    def page(request: Request, history: HistoryParam = dashboard.DEFAULT_HISTORY,
-             triggered: str | None = None, view: str | None = None, error: str | None = None,
-             paused: bool = False) -> HTMLResponse:
+    async def page(request: Request, history: HistoryParam = dashboard.DEFAULT_HISTORY,
+                   triggered: str | None = None, view: str | None = None, error: str | None = None,
+                   paused: bool = False) -> HTMLResponse:
+        from starlette.concurrency import run_in_threadpool
+
         catalog = _catalog()
         problem, statuses, attempts = None, [], {}
         try:
-            statuses, attempts = _read(catalog, history)
+            statuses, attempts = await run_in_threadpool(_read, catalog, history)
         except HTTPException as exc:
             if exc.status_code != status.HTTP_503_SERVICE_UNAVAILABLE:
                 raise
             problem = exc.detail
+        try:
+            missing_pools = [p for p in await pool_states(request) if p.exists is False]
+        except HTTPException:
+            missing_pools = []  # the DAG not parsed yet, or the API unreachable: nothing to say about pools
         graph = dashboard.chain_graph(catalog, statuses)
         charts = {
             name: {
@@ -294,7 +336,7 @@ def create_app() -> FastAPI:
         html = templates.get_template("mv_health.html").render(
             statuses=statuses, charts=charts, graph=Markup(dashboard.graph_svg(graph)), history=history,
             bucket_colours=dashboard.BUCKET_COLOURS, status_colours=dashboard.STATUS_COLOURS,
-            problem=problem, triggered=triggered, triggered_view=view, error=error, paused=paused, dag_id=DAG_ID,
+            problem=problem, missing_pools=missing_pools, triggered=triggered, triggered_view=view, error=error, paused=paused, dag_id=DAG_ID,
             airflow_root=API_ROOT_PATH.rstrip("/"), catalog_source=catalog.source,
         )
         return HTMLResponse(html, status_code=503 if problem else 200)
@@ -316,6 +358,11 @@ def create_app() -> FastAPI:
         catalog = _catalog()
         with _connect(catalog) as conn:
             return dashboard.chain_graph(catalog, dashboard.read_statuses(conn, catalog))
+
+    @app.get("/api/pools", response_model=list[PoolState],
+             summary="the pools the DAG's tasks run in, and whether each exists (a missing one never runs them)")
+    async def pools(request: Request) -> list[PoolState]:
+        return await pool_states(request)
 
     @app.post("/api/refresh", response_model=TriggeredRun, status_code=status.HTTP_201_CREATED,
               dependencies=[_trigger_access(), Depends(_same_origin)],
