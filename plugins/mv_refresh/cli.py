@@ -23,11 +23,8 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None
     out = out or sys.stdout
     cells = [[_cell(v, limit=400 if wide else 70) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line.rstrip(), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+    for line in [headers, ["-" * w for w in widths], *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), file=out)
 
 
 def _cell(value: Any, limit: int = 70) -> str:
@@ -45,6 +42,11 @@ def _emit_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, default=str))
 
 
+def _fail(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
 def _say(args: argparse.Namespace):
     # Progress goes to stderr under --json so stdout stays one parseable document.
     stream = sys.stderr if args.json else sys.stdout
@@ -56,6 +58,15 @@ def _load(args: argparse.Namespace):
     from .db import resolve_dsn
 
     return resolve_dsn(args.dsn), load_catalog(args.config)
+
+
+def _read(args: argparse.Namespace, purpose: str, read):
+    """``read(conn, catalog)`` on one connection of the command's DSN."""
+    from .db import connect
+
+    dsn, catalog = _load(args)
+    with connect(dsn, purpose=purpose) as conn:
+        return read(conn, catalog)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,12 +89,10 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     dsn, catalog = _load(args)
     if args.all == bool(args.views):
-        print("mv-refresh refresh: name one or more views, or pass --all (not both)", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail("mv-refresh refresh: name one or more views, or pass --all (not both)", EXIT_USAGE)
     for flag, value in (("--lock-timeout", args.lock_timeout), ("--statement-timeout", args.statement_timeout)):
         if value is not None and not value > 0:
-            print(f"mv-refresh refresh: {flag} must be a positive number of seconds, got {value}", file=sys.stderr)
-            return EXIT_USAGE
+            return _fail(f"mv-refresh refresh: {flag} must be a positive number of seconds, got {value}", EXIT_USAGE)
     views = list(catalog.views) if args.all else catalog.select(args.views)
     say = _say(args)
     results: list[dict[str, Any]] = []
@@ -101,16 +110,14 @@ def cmd_refresh(args: argparse.Namespace) -> int:
             result = refresh_view(dsn, catalog, spec, context=RunContext(run_by="cli"), mode=args.mode,
                                   lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
                                   progress=say, force=args.force, sessions=sessions)
-        except RefreshRefused as exc:  # nothing ran for this view; the others still may
+        except (RefreshRefused, RefreshFailed) as exc:
             failed = True
-            say(f"  {spec.display_name}: REFUSED {exc}")
-            results.append({"view": spec.display_name, "status": "REFUSED", "error_message": str(exc)})
             blocked.update((v.key, spec.display_name) for v in catalog.downstream_of(spec))
-            continue
-        except RefreshFailed as exc:
-            failed = True
+            if isinstance(exc, RefreshRefused):  # nothing ran for this view; the others still may
+                say(f"  {spec.display_name}: REFUSED {exc}")
+                results.append({"view": spec.display_name, "status": "REFUSED", "error_message": str(exc)})
+                continue
             result = exc.result
-            blocked.update((v.key, spec.display_name) for v in catalog.downstream_of(spec))
         say(f"  {result.summary()}" + (f"  [{result.method_reason}]" if result.method_reason else ""))
         results.append({"view": spec.display_name, **result.as_dict()})
     sessions.close()
@@ -129,8 +136,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         with connect(dsn, purpose="health") as conn:
             rows = read_health(conn, catalog, views)
     except Exception as exc:  # noqa: BLE001 - any failure to read health is UNKNOWN, never OK
-        print(f"UNKNOWN: cannot read health: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN
+        return _fail(f"UNKNOWN: cannot read health: {exc}", EXIT_UNKNOWN)
     if args.json:
         _emit_json([r.as_json() for r in rows])
     else:
@@ -212,8 +218,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     dsn, catalog = _load(args)
     if args.action != "status" and args.all == bool(args.views):
-        print(f"mv-refresh track {args.action}: name one or more views, or pass --all (not both)", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"mv-refresh track {args.action}: name one or more views, or pass --all (not both)", EXIT_USAGE)
     views = catalog.select(args.views) if args.views else list(catalog.views)
     say = _say(args)
     with connect(dsn, autocommit=True, purpose=f"track {args.action}") as conn:
@@ -240,12 +245,10 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from .db import connect
     from .troubleshoot import recent_log
 
-    dsn, catalog = _load(args)
-    with connect(dsn, purpose="log") as conn:
-        rows = recent_log(conn, catalog, args.view, status=args.status, limit=args.limit)
+    rows = _read(args, "log", lambda conn, catalog: recent_log(conn, catalog, args.view, status=args.status,
+                                                               limit=args.limit))
     if args.json:
         _emit_json(rows)
     else:
@@ -260,13 +263,11 @@ def cmd_log_prune(args: argparse.Namespace) -> int:
     from .db import connect, resolve_dsn
     from .retention import PruneRefused, prune_log
 
-    say = _say(args)
     with connect(resolve_dsn(args.dsn), autocommit=True, purpose="log prune") as conn:
         try:
-            report = prune_log(conn, keep_days=args.keep_days, batch_size=args.batch_size, progress=say)
+            report = prune_log(conn, keep_days=args.keep_days, batch_size=args.batch_size, progress=_say(args))
         except PruneRefused as exc:
-            print(f"mv-refresh log prune: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return _fail(f"mv-refresh log prune: {exc}", EXIT_FAILED)
     if args.json:
         _emit_json(report.as_json())
     else:
@@ -275,12 +276,9 @@ def cmd_log_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_blockers(args: argparse.Namespace) -> int:
-    from .db import connect
     from .troubleshoot import lock_report
 
-    dsn, catalog = _load(args)
-    with connect(dsn, purpose="blockers") as conn:
-        rows = lock_report(conn, catalog, args.view)
+    rows = _read(args, "blockers", lambda conn, catalog: lock_report(conn, catalog, args.view))
     if args.json:
         _emit_json(rows)
     elif not rows:
@@ -302,8 +300,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         report = run_audit(dsn, catalog)
     except Exception as exc:  # noqa: BLE001 - an audit that cannot run is UNKNOWN, never clean
-        print(f"UNKNOWN: cannot run the audit: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN
+        return _fail(f"UNKNOWN: cannot run the audit: {exc}", EXIT_UNKNOWN)
     if args.json:
         _emit_json(report.as_json())
     else:
@@ -318,24 +315,18 @@ def cmd_prepare_concurrently(args: argparse.Namespace) -> int:
     from .prerequisites import DuplicatesFound, PrerequisiteError, prepare_concurrently
 
     dsn, catalog = _load(args)
-    say = _say(args)
     try:
-        result = prepare_concurrently(dsn, catalog, args.view, progress=say)
-    except DuplicatesFound as exc:
-        report = exc.report
+        result = prepare_concurrently(dsn, catalog, args.view, progress=_say(args))
+    except PrerequisiteError as exc:
+        report = exc.report if isinstance(exc, DuplicatesFound) else None
         if args.json:
-            _emit_json({"ok": False, "duplicates": report.as_json()})
-        else:
+            _emit_json({"ok": False, "duplicates": report.as_json()} if report is not None
+                       else {"ok": False, "error": str(exc)})
+        elif report is not None:
             print(f"  {report.duplicate_grains:,} duplicated grain(s); the worst {len(report.top)}:")
             _print_table([*report.grain, "count_duplicates"],
                          [[row[c] for c in (*report.grain, "count_duplicates")] for row in report.top])
-        print(f"mv-refresh: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except PrerequisiteError as exc:
-        if args.json:
-            _emit_json({"ok": False, "error": str(exc)})
-        print(f"mv-refresh: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(f"mv-refresh: {exc}", EXIT_FAILED)
     if args.json:
         _emit_json({"ok": True, **result.as_json()})
     else:
@@ -403,118 +394,112 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init-db", parents=[common], help="create or upgrade the ops schema; sync the catalog",
-                       description="Apply the ops schema migrations (idempotent, safe to run concurrently) "
-                                   "and mirror the catalog into ops.mv_catalog.")
-    p.set_defaults(func=cmd_init_db)
+    def command(name: str, func, help: str, description: str, *, parents=(common,), **kwargs):
+        p = sub.add_parser(name, parents=list(parents), help=help, description=description, **kwargs)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("refresh", parents=[common], help="logged refresh of views, in canonical order",
-                       description="Refresh the named catalog views (or --all) in canonical order, each with "
-                                   "a row in ops.mv_refresh_log. Exit 0 only when every view is OK.")
+    all_views = {"action": "store_true", "help": "every view of the catalog"}
+    one_view = {"nargs": "?", "metavar": "VIEW", "help": "one catalog view (default: all)"}
+
+    command("init-db", cmd_init_db, "create or upgrade the ops schema; sync the catalog",
+            "Apply the ops schema migrations (idempotent, safe to run concurrently) and mirror the catalog "
+            "into ops.mv_catalog.")
+
+    p = command("refresh", cmd_refresh, "logged refresh of views, in canonical order",
+                "Refresh the named catalog views (or --all) in canonical order, each with a row in "
+                "ops.mv_refresh_log. Exit 0 only when every view is OK.")
     p.add_argument("views", nargs="*", metavar="VIEW", help="schema.view names from the catalog")
-    p.add_argument("--all", action="store_true", help="every view of the catalog")
+    p.add_argument("--all", **all_views)
     p.add_argument("--mode", choices=["auto", "concurrently", "plain"], help="override the catalog's mode")
     p.add_argument("--lock-timeout", type=float, metavar="S", help="lock timeout in seconds (overrides catalog)")
     p.add_argument("--statement-timeout", type=float, metavar="S",
                    help="statement timeout in seconds (overrides catalog)")
     p.add_argument("--force", action="store_true",
                    help="refresh even views that change tracking proves unchanged (else logged UNCHANGED)")
-    p.set_defaults(func=cmd_refresh)
 
-    p = sub.add_parser("health", parents=[common], help="freshness table; exit 0 OK, 1 WARN, 2 CRIT, 3 unknown",
-                       description="Read ops.v_mv_health. Exit codes follow the monitoring-plugin convention: "
-                                   "0 OK, 1 WARN, 2 CRIT or NO_REFRESH, 3 unknown.")
+    p = command("health", cmd_health, "freshness table; exit 0 OK, 1 WARN, 2 CRIT, 3 unknown",
+                "Read ops.v_mv_health. Exit codes follow the monitoring-plugin convention: 0 OK, 1 WARN, 2 "
+                "CRIT or NO_REFRESH, 3 unknown.")
     p.add_argument("views", nargs="*", metavar="VIEW", help="limit to these views (default: all)")
-    p.set_defaults(func=cmd_health)
 
-    p = sub.add_parser("audit", parents=[common], help="health audit of every catalog view; exit 2 on CRIT",
-                       description="For every catalog view: exists and populated, freshness, last status and "
-                                   "error, stuck or abandoned RUNNING rows, missing or INVALID unique index where "
-                                   "CONCURRENTLY is wanted, stale input (older than an upstream view), and "
-                                   "materialized views the catalog does not list. Exit 0 OK/INFO, 1 WARN, 2 CRIT, "
-                                   "3 unknown.")
-    p.set_defaults(func=cmd_audit)
+    command("audit", cmd_audit, "health audit of every catalog view; exit 2 on CRIT",
+            "For every catalog view: exists and populated, freshness, last status and error, stuck or "
+            "abandoned RUNNING rows, missing or INVALID unique index where CONCURRENTLY is wanted, stale "
+            "input (older than an upstream view), and materialized views the catalog does not list. Exit 0 "
+            "OK/INFO, 1 WARN, 2 CRIT, 3 unknown.")
 
-    p = sub.add_parser("prepare-concurrently", parents=[common],
-                       help="the runbook's steps 1-3: duplicates, unique index (concurrently), verify",
-                       description="For a catalog view with a grain: (1) find duplicate grains and stop if any "
-                                   "(exit 1, printing the worst 200); (2) CREATE UNIQUE INDEX CONCURRENTLY IF NOT "
-                                   "EXISTS ux_<view>_grain, rebuilding an INVALID leftover; (3) verify it is listed "
-                                   "and valid. Idempotent.")
+    p = command("prepare-concurrently", cmd_prepare_concurrently,
+                "the runbook's steps 1-3: duplicates, unique index (concurrently), verify",
+                "For a catalog view with a grain: (1) find duplicate grains and stop if any (exit 1, "
+                "printing the worst 200); (2) CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "
+                "ux_<view>_grain, rebuilding an INVALID leftover; (3) verify it is listed and valid. "
+                "Idempotent.")
     p.add_argument("view", metavar="VIEW", help="schema.view from the catalog (must have a grain)")
-    p.set_defaults(func=cmd_prepare_concurrently)
 
-    p = sub.add_parser("plan", parents=[common], help="the canonical order and dependency graph of the catalog",
-                       description="Print the catalog's canonical order and upstream graph; with --validate, "
-                                   "compare it with what PostgreSQL records (pg_depend): exit 1 on an error.")
+    p = command("plan", cmd_plan, "the canonical order and dependency graph of the catalog",
+                "Print the catalog's canonical order and upstream graph; with --validate, compare it with "
+                "what PostgreSQL records (pg_depend): exit 1 on an error.")
     p.add_argument("--validate", action="store_true", help="check the graph against pg_depend (needs a DSN)")
     p.add_argument("--discover", nargs="+", metavar="SCHEMA",
                    help="print a catalog (YAML) for every materialized view of these schemas, upstream from "
                         "pg_depend, grain from a unique index (needs a DSN)")
-    p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("track", parents=[common], help="change tracking on the views' sources: install, status, remove",
-                       description="install: a statement trigger (INSERT, UPDATE, DELETE, TRUNCATE; ENABLE ALWAYS) on "
-                                   "every table the views read, recording each committed change in "
-                                   "ops.mv_source_change, so that a refresh of a view whose sources did not change "
-                                   "is logged UNCHANGED instead of run. Needs the tables' owner. status: per view, "
-                                   "its sources and whether it can be proven unchanged (exit 1 if not). remove: "
-                                   "drop the triggers (tables another catalog view reads keep theirs).")
+    p = command("track", cmd_track, "change tracking on the views' sources: install, status, remove",
+                "install: a statement trigger (INSERT, UPDATE, DELETE, TRUNCATE; ENABLE ALWAYS) on every "
+                "table the views read, recording each committed change in ops.mv_source_change, so that a "
+                "refresh of a view whose sources did not change is logged UNCHANGED instead of run. Needs "
+                "the tables' owner. status: per view, its sources and whether it can be proven unchanged "
+                "(exit 1 if not). remove: drop the triggers (tables another catalog view reads keep theirs).")
     p.add_argument("action", choices=["install", "status", "remove"])
     p.add_argument("views", nargs="*", metavar="VIEW", help="catalog views (status: default all)")
-    p.add_argument("--all", action="store_true", help="every view of the catalog")
-    p.set_defaults(func=cmd_track)
+    p.add_argument("--all", **all_views)
 
-    p = sub.add_parser("log", parents=[common], help="recent rows of ops.mv_refresh_log",
-                       description="The newest refresh attempts, newest first (the runbook's troubleshooting "
-                                   "queries as a command).")
-    p.add_argument("view", nargs="?", metavar="VIEW", help="one catalog view (default: all)")
+    # `mv-refresh log prune ...`: routed to log-prune by main() (a VIEW is always schema.name, never "prune").
+    p = command("log", cmd_log, "recent rows of ops.mv_refresh_log",
+                "The newest refresh attempts, newest first (the runbook's troubleshooting queries as a "
+                "command).",
+                epilog="`mv-refresh log prune --keep-days N` deletes old rows: see `mv-refresh log prune --help`.")
+    p.add_argument("view", **one_view)
     p.add_argument("--status", help="RUNNING, OK, ERROR, SKIPPED or ABANDONED")
     p.add_argument("--limit", type=int, default=20, help="how many rows (default 20)")
-    p.set_defaults(func=cmd_log)
-    # `mv-refresh log prune ...`: routed here by main() (a VIEW is always schema.name, never "prune").
-    p.epilog = "`mv-refresh log prune --keep-days N` deletes old rows: see `mv-refresh log prune --help`."
 
-    p = sub.add_parser("log-prune", parents=[common], prog="mv-refresh log prune",
-                       help="delete log rows older than N days (`mv-refresh log prune`)",
-                       description="Delete rows of ops.mv_refresh_log that started more than --keep-days days "
-                                   "ago, in batches, never the newest OK row of a view, the newest outcome of "
-                                   "a view, or a RUNNING row. Needs DELETE on ops.mv_refresh_log (a maintenance "
-                                   "role: the refreshing role has none, so it cannot erase history).")
+    p = command("log-prune", cmd_log_prune, "delete log rows older than N days (`mv-refresh log prune`)",
+                "Delete rows of ops.mv_refresh_log that started more than --keep-days days ago, in batches, "
+                "never the newest OK row of a view, the newest outcome of a view, or a RUNNING row. Needs "
+                "DELETE on ops.mv_refresh_log (a maintenance role: the refreshing role has none, so it "
+                "cannot erase history).",
+                prog="mv-refresh log prune")
     p.add_argument("--keep-days", type=_positive_int, required=True, metavar="N",
                    help="keep rows that started within the last N days")
     p.add_argument("--batch-size", type=_positive_int, default=10_000, metavar="ROWS",
                    help="rows deleted per transaction (default 10,000)")
-    p.set_defaults(func=cmd_log_prune)
 
-    p = sub.add_parser("blockers", parents=[common], help="sessions holding or waiting for locks on the views",
-                       description="Who holds or waits for a lock on the catalog's views or on their refresh "
-                                   "advisory locks (pg_locks, pg_blocking_pids), with their queries.")
-    p.add_argument("view", nargs="?", metavar="VIEW", help="one catalog view (default: all)")
-    p.set_defaults(func=cmd_blockers)
+    p = command("blockers", cmd_blockers, "sessions holding or waiting for locks on the views",
+                "Who holds or waits for a lock on the catalog's views or on their refresh advisory locks "
+                "(pg_locks, pg_blocking_pids), with their queries.")
+    p.add_argument("view", **one_view)
 
     p = sub.add_parser("catalog", help="about the catalog file itself",
                        description="Commands about the catalog file (include/mv_refresh.yaml).")
-    catalog_sub = p.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
-    p = catalog_sub.add_parser("schema", help="print the catalog's JSON Schema",
-                               description="Print the catalog's JSON Schema (Draft 2020-12), as shipped in "
-                                           "include/mv_refresh.schema.json: editors with yaml-language-server "
-                                           "check and complete the catalog with it (docs/catalog.md).")
+    p = p.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND").add_parser(
+        "schema", help="print the catalog's JSON Schema",
+        description="Print the catalog's JSON Schema (Draft 2020-12), as shipped in "
+                    "include/mv_refresh.schema.json: editors with yaml-language-server check and complete "
+                    "the catalog with it (docs/catalog.md).")
     p.set_defaults(func=cmd_catalog_schema)
 
-    p = sub.add_parser("demo-load", parents=[common], help="create and fill the demo warehouse",
-                       description="Create the demo Yango warehouse (source tables in schema yango, the six "
-                                   "views in ops) and fill it deterministically at the given scale.")
+    p = command("demo-load", cmd_demo_load, "create and fill the demo warehouse",
+                "Create the demo Yango warehouse (source tables in schema yango, the six views in ops) and "
+                "fill it deterministically at the given scale.")
     p.add_argument("--drivers", type=int, default=None, help="scale: number of drivers")
     p.add_argument("--if-needed", action="store_true",
                    help="do nothing when the warehouse is already loaded at this scale")
-    p.set_defaults(func=cmd_demo_load)
 
-    p = sub.add_parser("embedded", help="start or stop the embedded PostgreSQL used by the demo",
-                       description="Start (or reuse) / stop an embedded PostgreSQL in DATA_DIR; start prints its URI.")
+    p = command("embedded", cmd_embedded, "start or stop the embedded PostgreSQL used by the demo",
+                "Start (or reuse) / stop an embedded PostgreSQL in DATA_DIR; start prints its URI.", parents=())
     p.add_argument("action", choices=["start", "stop"])
     p.add_argument("--data-dir", required=True)
-    p.set_defaults(func=cmd_embedded)
     return parser
 
 
@@ -528,8 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["log", "prune"]:
         argv = ["log-prune", *argv[2:]]
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     for name, default in (("dsn", None), ("config", None), ("json", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
@@ -539,9 +523,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.drivers = DEFAULT_DEMO_DRIVERS
 
     import signal
-
-    # SIGINT and SIGTERM stop the command the same way: the statement under way is cancelled on the server,
-    # a refresh's log row is finished as ERROR ("interrupted by SIGTERM"), and the exit code says which signal.
     import threading
 
     import psycopg
@@ -550,21 +531,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .db import ConfigurationError
     from .migrations import MigrationError
 
+    # SIGINT and SIGTERM stop the command the same way: the statement under way is cancelled on the server,
+    # a refresh's log row is finished as ERROR ("interrupted by SIGTERM"), and the exit code says which signal.
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only go there
     previous = ({sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
                 if in_main_thread else {})
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
-        code = getattr(exc, "exit_code", 130)
-        print(f"mv-refresh: {exc or 'SIGINT'}: interrupted, stopped", file=sys.stderr)
-        return code
+        return _fail(f"mv-refresh: {exc or 'SIGINT'}: interrupted, stopped", getattr(exc, "exit_code", 130))
     except (CatalogError, ConfigurationError, ValueError) as exc:
-        print(f"mv-refresh: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN if args.command == "health" else EXIT_USAGE
+        return _fail(f"mv-refresh: {exc}", EXIT_UNKNOWN if args.command == "health" else EXIT_USAGE)
     except (psycopg.Error, MigrationError) as exc:  # one clear line, no traceback
-        print(f"mv-refresh: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN if args.command == "health" else EXIT_FAILED
+        return _fail(f"mv-refresh: {exc}", EXIT_UNKNOWN if args.command == "health" else EXIT_FAILED)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
