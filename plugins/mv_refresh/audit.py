@@ -1,8 +1,6 @@
-"""The health audit of the catalog's views (what the runbook's ``run_ops_health_audit.py`` did).
-
-``run_audit`` opens one read-only connection, runs a handful of set-based queries over the whole
-catalog (one per concern, never one per check per view) and turns what it reads into :class:`Finding`
-objects, each naming the view, what is wrong and what to do about it.
+"""The health audit of the catalog's views (what the runbook's ``run_ops_health_audit.py`` did): a handful
+of set-based queries over the whole catalog (one per concern, never one per check per view), turned into
+:class:`Finding` objects that name the view, what is wrong and what to do about it.
 
 Checks, in canonical order (a view that fails ``exists`` skips the others):
 
@@ -19,10 +17,8 @@ Checks, in canonical order (a view that fails ``exists`` skips the others):
 ``stale_input``   the view was last refreshed before one of its upstream views (WARN)
 ``unlisted``      a materialized view in a catalog schema that the catalog does not list (INFO)
 
-Names from the catalog only ever reach PostgreSQL as bound parameters compared with ``pg_namespace`` /
-``pg_class`` / the log: the audit builds no SQL from configuration. Nothing here imports Airflow, and
-nothing here writes: the audit runs in a READ ONLY transaction (the next refresh, not the audit,
-marks abandoned rows).
+Catalog names reach PostgreSQL only as bound parameters. The audit never writes (the next refresh, not
+the audit, marks abandoned rows).
 """
 
 from __future__ import annotations
@@ -40,39 +36,23 @@ from psycopg import sql
 from .catalog import Catalog, ViewSpec, format_qualified_name, quote_identifier
 from .db import connect
 from .health import StaleInput, read_health, stale_inputs
-from .pg import RELKIND_NAMES, USABLE_UNIQUE_INDEX
+from .pg import RELKIND_NAMES, USABLE_UNIQUE_INDEX, set_timeouts
 
-__all__ = [
-    "CHECKS",
-    "EXIT_CODES",
-    "SEVERITIES",
-    "AuditReport",
-    "Finding",
-    "run_audit",
-]
+__all__ = ["CHECKS", "EXIT_CODES", "SEVERITIES", "AuditReport", "Finding", "run_audit"]
 
 #: Severities, lowest first.
 SEVERITIES = ("OK", "INFO", "WARN", "CRIT")
 _RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 #: The checks, in the order their findings are listed for one view.
-CHECKS = (
-    "ops_schema",
-    "exists",
-    "populated",
-    "freshness",
-    "last_status",
-    "running",
-    "unique_index",
-    "stale_input",
-    "unlisted",
-)
+CHECKS = ("ops_schema", "exists", "populated", "freshness", "last_status", "running", "unique_index",
+          "stale_input", "unlisted")
 _CHECK_ORDER = {check: index for index, check in enumerate(CHECKS)}
 #: Exit codes: the monitoring-plugin convention (Nagios, Icinga, Zabbix), like `mv-refresh health`.
 EXIT_CODES = {"OK": 0, "INFO": 0, "WARN": 1, "CRIT": 2}
 
-# The audit only reads; these keep it from hanging behind a migration (ACCESS EXCLUSIVE on the log).
-_STATEMENT_TIMEOUT = "60s"
-_LOCK_TIMEOUT = "10s"
+# The audit only reads; these (seconds) keep it from hanging behind a migration (ACCESS EXCLUSIVE on the log).
+_STATEMENT_TIMEOUT = 60
+_LOCK_TIMEOUT = 10
 _MESSAGE_LIMIT = 300  # a logged error message quoted in a finding is cut to this many characters
 
 
@@ -99,13 +79,7 @@ class Finding:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Finding:
-        return cls(
-            view=data.get("view"),
-            check=data["check"],
-            severity=data["severity"],
-            message=data["message"],
-            fix=data.get("fix"),
-        )
+        return cls(data.get("view"), data["check"], data["severity"], data["message"], data.get("fix"))
 
     def __str__(self) -> str:
         text = f"{self.severity} {self.check}: {self.message}"
@@ -135,11 +109,8 @@ class AuditReport:
 
     def counts(self) -> dict[str, int]:
         """How many findings of each severity (every severity present, highest first)."""
-        return {
-            severity: sum(1 for f in self.findings if f.severity == severity)
-            for severity in reversed(SEVERITIES)
-            if severity != "OK"
-        }
+        return {severity: sum(1 for f in self.findings if f.severity == severity)
+                for severity in reversed(SEVERITIES) if severity != "OK"}
 
     def summary(self) -> str:
         """One line for a log or a monitoring system: ``WARN: 0 CRIT, 2 WARN, 1 INFO in 6 views``."""
@@ -147,21 +118,13 @@ class AuditReport:
         return f"{self.worst}: {counts} in {self.views_checked} views"
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "worst": self.worst,
-            "exit_code": self.exit_code,
-            "views_checked": self.views_checked,
-            "counts": self.counts(),
-            "findings": [f.as_json() for f in self.findings],
-        }
+        return {"worst": self.worst, "exit_code": self.exit_code, "views_checked": self.views_checked,
+                "counts": self.counts(), "findings": [f.as_json() for f in self.findings]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AuditReport:
         """The report back from :meth:`as_json` (the derived keys are recomputed, not read)."""
-        return cls(
-            findings=[Finding.from_json(f) for f in data["findings"]],
-            views_checked=int(data["views_checked"]),
-        )
+        return cls([Finding.from_json(f) for f in data["findings"]], views_checked=int(data["views_checked"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,19 +202,19 @@ class _Collector:
     def __init__(self) -> None:
         self._items: list[tuple[int, int, int, int, Finding]] = []
 
-    def add(self, position: int, finding: Finding) -> None:
-        key = (-_RANK[finding.severity], position, _CHECK_ORDER.get(finding.check, len(CHECKS)),
-               len(self._items))
-        self._items.append((*key, finding))
+    def add(self, position: int, *findings: Finding | None) -> None:
+        for finding in filter(None, findings):  # a check with nothing to say gives None
+            key = (-_RANK[finding.severity], position, _CHECK_ORDER.get(finding.check, len(CHECKS)),
+                   len(self._items))
+            self._items.append((*key, finding))
 
     def sorted(self) -> list[Finding]:
         return [item[-1] for item in sorted(self._items, key=lambda item: item[:-1])]
 
 
 def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
-    """Audit every view of ``catalog`` in the database at ``dsn``; see the module docstring.
+    """Audit every view of ``catalog`` in one READ ONLY REPEATABLE READ transaction (one snapshot).
 
-    One connection, one READ ONLY REPEATABLE READ transaction (every query sees the same snapshot).
     Raises psycopg errors it cannot judge (no connection, no privilege to read the ops schema): the
     caller reports those as UNKNOWN, never as OK.
     """
@@ -260,10 +223,7 @@ def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
     with connect(dsn, purpose="audit") as conn:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-            (_STATEMENT_TIMEOUT, _LOCK_TIMEOUT),
-        )
+        set_timeouts(conn, lock=_LOCK_TIMEOUT, statement=_STATEMENT_TIMEOUT, local=True)
         problem = _check_ops_schema(conn)
         if problem is not None:
             found.add(-1, problem)
@@ -281,30 +241,22 @@ def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
                 found.add(ord_ - 1, finding)
                 continue
             present.add(ord_)
-            if not populated:
-                found.add(ord_ - 1, _not_populated(spec))
-            for finding in _check_indexes(catalog, spec, usable_index, invalid_indexes):
-                found.add(ord_ - 1, finding)
+            found.add(ord_ - 1, None if populated else _not_populated(spec),
+                      *_check_indexes(catalog, spec, usable_index, invalid_indexes))
 
         # Freshness with the catalog file's thresholds, whether or not ops.mv_catalog is in step with it.
         for ord_, health in enumerate(read_health(conn, catalog), start=1):
             if ord_ in present:
-                finding = _check_freshness(views[ord_ - 1], health)
-                if finding is not None:
-                    found.add(ord_ - 1, finding)
+                found.add(ord_ - 1, _check_freshness(views[ord_ - 1], health))
 
         for ord_, status, sqlstate, message, finished, _refreshed_at, running in conn.execute(_LOG, params):
-            spec = views[ord_ - 1]
             # A RUNNING row (alive or abandoned) is the `running` check's to report.
             if ord_ in present and not running and status in ("ERROR", "SKIPPED", "ABANDONED"):
-                found.add(ord_ - 1, _last_status(spec, status, sqlstate, message, finished))
+                found.add(ord_ - 1, _last_status(views[ord_ - 1], status, sqlstate, message, finished))
 
         for ord_, log_id, pid, backend_start, started, age, alive in conn.execute(_RUNNING, params):
             if ord_ in present:
-                spec = views[ord_ - 1]
-                finding = _check_running(spec, log_id, pid, backend_start, started, age, alive)
-                if finding is not None:
-                    found.add(ord_ - 1, finding)
+                found.add(ord_ - 1, _check_running(views[ord_ - 1], log_id, pid, backend_start, started, age, alive))
 
         # Views older than a view they read (an upstream view missing from the database still has its log).
         for item in stale_inputs(conn, catalog, [views[ord_ - 1] for ord_ in sorted(present)]):
@@ -325,26 +277,18 @@ def run_audit(dsn: str, catalog: Catalog) -> AuditReport:
 def _check_ops_schema(conn: psycopg.Connection) -> Finding | None:
     database, has_log, has_health_view, has_health_function = conn.execute(_OPS_SCHEMA).fetchone()
     if not has_log:
-        return Finding(
-            view=None,
-            check="ops_schema",
-            severity="CRIT",
-            message=f"ops.mv_refresh_log does not exist in database {database}: mv-refresh is not set up "
-            "there, so no refresh is logged and no view can be audited",
-            fix="run `mv-refresh init-db` against this database (and check that the DSN names the right "
-            "one)",
-        )
+        return Finding(None, "ops_schema", "CRIT",
+                       f"ops.mv_refresh_log does not exist in database {database}: mv-refresh is not set up "
+                       "there, so no refresh is logged and no view can be audited",
+                       "run `mv-refresh init-db` against this database (and check that the DSN names the "
+                       "right one)")
     missing = [name for name, ok in (("ops.v_mv_health", has_health_view),
                                      ("ops.mv_health_of()", has_health_function)) if not ok]
     if missing:
-        return Finding(
-            view=None,
-            check="ops_schema",
-            severity="CRIT",
-            message=f"the ops schema in database {database} is incomplete: {', '.join(missing)} "
-            "missing, so freshness cannot be judged",
-            fix="run `mv-refresh init-db` to apply the missing migrations",
-        )
+        return Finding(None, "ops_schema", "CRIT",
+                       f"the ops schema in database {database} is incomplete: {', '.join(missing)} "
+                       "missing, so freshness cannot be judged",
+                       "run `mv-refresh init-db` to apply the missing migrations")
     return None
 
 
@@ -354,35 +298,22 @@ def _check_exists(catalog: Catalog, spec: ViewSpec, schema_exists: bool, relkind
         return None
     if relkind is None:
         why = "" if schema_exists else f" (its schema {quote_identifier(spec.schema)} does not exist either)"
-        return Finding(
-            view=name,
-            check="exists",
-            severity="CRIT",
-            message=f"{name} is in the catalog but does not exist in the database{why}: nothing can "
-            "refresh or read it",
-            fix=f"create the materialized view, or remove it from the catalog ({catalog.where(spec)})",
-        )
+        return Finding(name, "exists", "CRIT",
+                       f"{name} is in the catalog but does not exist in the database{why}: nothing can "
+                       "refresh or read it",
+                       f"create the materialized view, or remove it from the catalog ({catalog.where(spec)})")
     what = RELKIND_NAMES.get(relkind, f"a relation of kind {relkind!r}")
-    return Finding(
-        view=name,
-        check="exists",
-        severity="CRIT",
-        message=f"{name} is {what}, not a materialized view: it cannot be refreshed",
-        fix=f"fix the name in the catalog ({catalog.where(spec)}), or replace {name} with a "
-        "materialized view",
-    )
+    return Finding(name, "exists", "CRIT", f"{name} is {what}, not a materialized view: it cannot be refreshed",
+                   f"fix the name in the catalog ({catalog.where(spec)}), or replace {name} with a "
+                   "materialized view")
 
 
 def _not_populated(spec: ViewSpec) -> Finding:
     name = spec.display_name
-    return Finding(
-        view=name,
-        check="populated",
-        severity="CRIT" if spec.critical else "WARN",
-        message=f"{name} is not populated (created or last refreshed WITH NO DATA): every "
-        "query on it fails with 'materialized view has not been populated'",
-        fix=f"mv-refresh refresh {_arg(name)}",
-    )
+    return Finding(name, "populated", "CRIT" if spec.critical else "WARN",
+                   f"{name} is not populated (created or last refreshed WITH NO DATA): every "
+                   "query on it fails with 'materialized view has not been populated'",
+                   f"mv-refresh refresh {_arg(name)}")
 
 
 def _check_indexes(
@@ -390,11 +321,9 @@ def _check_indexes(
 ) -> list[Finding]:
     name = spec.display_name
     findings = []
-    if spec.grain:
-        prepare = f"mv-refresh prepare-concurrently {_arg(name)}"
-    else:
-        prepare = (f"add a grain to the catalog entry of {name} ({catalog.where(spec)}) and run "
-                   f"mv-refresh prepare-concurrently {_arg(name)}")
+    prepare = f"mv-refresh prepare-concurrently {_arg(name)}"
+    if not spec.grain:
+        prepare = f"add a grain to the catalog entry of {name} ({catalog.where(spec)}) and run {prepare}"
     if spec.mode in ("auto", "concurrently") and not usable_index:
         message = (f"{name} has no valid unique index on plain columns without WHERE, so PostgreSQL "
                    "cannot refresh it CONCURRENTLY: ")
@@ -404,22 +333,15 @@ def _check_indexes(
         else:
             message += ("refreshes fall back to PLAIN, which takes ACCESS EXCLUSIVE and blocks readers "
                         "for the whole refresh")
-        findings.append(Finding(
-            view=name,
-            check="unique_index",
-            severity="CRIT" if spec.mode == "concurrently" else "WARN",
-            message=message,
-            fix=prepare,
-        ))
+        findings.append(Finding(name, "unique_index", "CRIT" if spec.mode == "concurrently" else "WARN",
+                                message, prepare))
     for index in invalid_indexes:
         findings.append(Finding(
-            view=name,
-            check="unique_index",
-            severity="WARN",
-            message=f"{name} has the INVALID index {index} (left by a failed CREATE INDEX CONCURRENTLY, "
+            name, "unique_index", "WARN",
+            f"{name} has the INVALID index {index} (left by a failed CREATE INDEX CONCURRENTLY, "
             "which CREATE INDEX IF NOT EXISTS then accepts silently): it is never used, yet every "
             "refresh maintains it",
-            fix=f"DROP INDEX CONCURRENTLY {index}; then "
+            f"DROP INDEX CONCURRENTLY {index}; then "
             + (prepare if spec.grain else "rebuild it (CREATE UNIQUE INDEX CONCURRENTLY) after fixing "
                "whatever made it fail"),
         ))
@@ -427,42 +349,26 @@ def _check_indexes(
 
 
 def _check_freshness(spec: ViewSpec, health) -> Finding | None:
-    bucket, hours, last_ok_at = health.status_bucket, health.hours_since_ok_refresh, health.last_ok_refresh_finished_at
-    warn, crit, synced = health.warn_after_hours, health.crit_after_hours, health.mirrored
-    name = spec.display_name
+    bucket, name = health.status_bucket, spec.display_name
     if bucket == "OK":
         return None
-    thresholds = f"WARN from {_num(warn)} h, CRIT above {_num(crit)} h"
-    if not synced:
+    thresholds = f"WARN from {_num(health.warn_after_hours)} h, CRIT above {_num(health.crit_after_hours)} h"
+    if not health.mirrored:
         thresholds += ("; ops.mv_catalog (what SQL readers of ops.v_mv_health see) is out of step with the "
                        "catalog file for this view: `mv-refresh init-db` syncs it")
     fix = (f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG); if refreshes keep failing, "
            "read the view's latest rows in ops.mv_refresh_log")
+    severity = "CRIT" if spec.critical else "WARN"
     if bucket in ("WARN", "CRIT"):
-        return Finding(
-            view=name,
-            check="freshness",
-            severity=bucket,
-            message=f"{name} was last refreshed OK {_num(hours)} h ago (finished {_ts(last_ok_at)}): "
-            f"{bucket} ({thresholds})",
-            fix=fix,
-        )
+        return Finding(name, "freshness", bucket,
+                       f"{name} was last refreshed OK {_num(health.hours_since_ok_refresh)} h ago (finished "
+                       f"{_ts(health.last_ok_refresh_finished_at)}): {bucket} ({thresholds})", fix)
     if bucket == "NO_REFRESH":
-        return Finding(
-            view=name,
-            check="freshness",
-            severity="CRIT" if spec.critical else "WARN",
-            message=f"{name} has never been refreshed OK (no OK row in ops.mv_refresh_log): NO_REFRESH "
-            f"({thresholds})",
-            fix=fix,
-        )
-    return Finding(
-        view=name,
-        check="freshness",
-        severity="CRIT" if spec.critical else "WARN",
-        message=f"{name}: unknown health bucket {bucket!r} ({thresholds})",
-        fix="run `mv-refresh init-db` so the health views match this version of mv-refresh",
-    )
+        return Finding(name, "freshness", severity,
+                       f"{name} has never been refreshed OK (no OK row in ops.mv_refresh_log): NO_REFRESH "
+                       f"({thresholds})", fix)
+    return Finding(name, "freshness", severity, f"{name}: unknown health bucket {bucket!r} ({thresholds})",
+                   "run `mv-refresh init-db` so the health views match this version of mv-refresh")
 
 
 _STATUS_FIXES = {
@@ -480,24 +386,13 @@ def _last_status(
     name = spec.display_name
     code = f" [{sqlstate}]" if sqlstate else ""
     text = _clip(message) if message else "no error message logged"
-    return Finding(
-        view=name,
-        check="last_status",
-        severity="WARN",
-        message=f"the latest refresh attempt of {name} (finished {_ts(finished)}) ended {status}{code}: {text}",
-        fix=_STATUS_FIXES[status].format(name=name, arg=_arg(name)),
-    )
+    return Finding(name, "last_status", "WARN",
+                   f"the latest refresh attempt of {name} (finished {_ts(finished)}) ended {status}{code}: {text}",
+                   _STATUS_FIXES[status].format(name=name, arg=_arg(name)))
 
 
-def _check_running(
-    spec: ViewSpec,
-    log_id: int,
-    pid: int | None,
-    backend_start: datetime | None,
-    started: datetime,
-    age_seconds: float,
-    alive: bool,
-) -> Finding | None:
+def _check_running(spec: ViewSpec, log_id: int, pid: int | None, backend_start: datetime | None,
+                   started: datetime, age_seconds: float, alive: bool) -> Finding | None:
     name = spec.display_name
     if not alive:
         if pid is None:
@@ -505,54 +400,38 @@ def _check_running(
         else:
             since = f", started {_ts(backend_start)}" if backend_start else ""
             backend = f"its backend (pid {pid}{since}) is gone"
-        return Finding(
-            view=name,
-            check="running",
-            severity="WARN",
-            message=f"log row {log_id} of {name} (started {_ts(started)}) is RUNNING but {backend}: "
-            "abandoned; the next refresh marks it ABANDONED",
-            fix=f"mv-refresh refresh {_arg(name)} (it marks the row ABANDONED and refreshes the view)",
-        )
+        return Finding(name, "running", "WARN",
+                       f"log row {log_id} of {name} (started {_ts(started)}) is RUNNING but {backend}: "
+                       "abandoned; the next refresh marks it ABANDONED",
+                       f"mv-refresh refresh {_arg(name)} (it marks the row ABANDONED and refreshes the view)")
     limit = spec.statement_timeout_seconds + spec.lock_timeout_seconds
     if age_seconds <= limit:
         return None
-    return Finding(
-        view=name,
-        check="running",
-        severity="WARN",
-        message=f"a refresh of {name} (log row {log_id}, backend pid {pid}) has been RUNNING for "
-        f"{_duration(age_seconds)} since {_ts(started)}, longer than its statement timeout plus lock "
-        f"timeout ({_duration(limit)}): stuck?",
-        fix=f"look at pid {pid} in pg_stat_activity (state, wait_event, query); if it is hung, end it "
-        f"with SELECT pg_cancel_backend({pid}) and refresh again",
-    )
+    return Finding(name, "running", "WARN",
+                   f"a refresh of {name} (log row {log_id}, backend pid {pid}) has been RUNNING for "
+                   f"{_duration(age_seconds)} since {_ts(started)}, longer than its statement timeout plus lock "
+                   f"timeout ({_duration(limit)}): stuck?",
+                   f"look at pid {pid} in pg_stat_activity (state, wait_event, query); if it is hung, end it "
+                   f"with SELECT pg_cancel_backend({pid}) and refresh again")
 
 
 def _stale_input(item: StaleInput) -> Finding:
     name, up_name = item.view.display_name, item.upstream.display_name
     through = "" if item.direct else " (through other catalog views)"
-    return Finding(
-        view=name,
-        check="stale_input",
-        severity="WARN",
-        message=f"{name} was last refreshed OK at {_ts(item.view_refreshed_at)}, before its upstream {up_name}"
-        f"{through} (refreshed OK at {_ts(item.upstream_refreshed_at)}): it does not reflect {up_name}'s current "
-        "data",
-        fix=f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG, which refreshes in "
-        "canonical order)",
-    )
+    return Finding(name, "stale_input", "WARN",
+                   f"{name} was last refreshed OK at {_ts(item.view_refreshed_at)}, before its upstream "
+                   f"{up_name}{through} (refreshed OK at {_ts(item.upstream_refreshed_at)}): it does not "
+                   f"reflect {up_name}'s current data",
+                   f"mv-refresh refresh {_arg(name)} (or trigger the ops_mv_refresh DAG, which refreshes in "
+                   "canonical order)")
 
 
 def _unlisted(catalog: Catalog, schema: str, name: str) -> Finding:
     shown = format_qualified_name(schema, name)
-    return Finding(
-        view=shown,
-        check="unlisted",
-        severity="INFO",
-        message=f"{shown} is a materialized view in schema {quote_identifier(schema)}, which the catalog uses, "
-        "but the catalog does not list it: nothing refreshes or monitors it",
-        fix=f"add it to the catalog ({catalog.source}) if it should be refreshed, or ignore this",
-    )
+    return Finding(shown, "unlisted", "INFO",
+                   f"{shown} is a materialized view in schema {quote_identifier(schema)}, which the catalog "
+                   "uses, but the catalog does not list it: nothing refreshes or monitors it",
+                   f"add it to the catalog ({catalog.source}) if it should be refreshed, or ignore this")
 
 
 # --------------------------------------------------------------------------------------------------
