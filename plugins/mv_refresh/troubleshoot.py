@@ -1,19 +1,9 @@
-"""The runbook's troubleshooting, as functions: the log, the blockers, the plan against ``pg_depend``.
+"""The runbook's troubleshooting, as functions: :func:`recent_log` ("Verificar último error", "Verificar si
+hay refresh en progreso"), :func:`lock_report` ("Verificar procesos de PostgreSQL bloqueando la MV"), and
+:func:`real_dependencies` / :func:`validate_plan` ("Verificar dependencias": the catalog against ``pg_depend``).
 
-- :func:`recent_log` answers "what happened lately?" (the runbook's "Verificar último error" and
-  "Verificar si hay refresh en progreso"): the newest rows of ``ops.mv_refresh_log``.
-- :func:`lock_report` answers "who is blocking the view?" ("Verificar procesos de PostgreSQL bloqueando
-  la MV"): sessions holding or waiting for a lock on a catalog view, or for the engine's per-view
-  advisory lock, with whom each waiter waits for.
-- :func:`real_dependencies` and :func:`validate_plan` answer "is the catalog's order right?"
-  ("Verificar dependencias"): which materialized views each view really reads, according to
-  ``pg_depend``, checked against the catalog's ``upstream`` and order.
-
-Plain psycopg 3, no Airflow. Every name from the catalog reaches the database as a bound parameter
-compared with ``pg_namespace``/``pg_class`` (or, for the advisory key, through the engine's own
-expression), never as SQL text. The functions only read; on a connection that is not in autocommit mode
-and had no transaction open, the transaction they open is rolled back before they return, so they never
-leave a session idle in transaction.
+Catalog names reach the database only as bound parameters. The functions only read, and never leave a
+session idle in a transaction they opened (``_reading``).
 """
 
 from __future__ import annotations
@@ -32,42 +22,16 @@ from .catalog import Catalog, ViewRef, ViewSpec, format_qualified_name
 from .pg import ADVISORY_LOCK_CLASS, RELKIND_NAMES, advisory_locktag
 from .sources import USER_OID_START, read_trees
 
-__all__ = [
-    "LOCK_KIND_ADVISORY",
-    "LOCK_KIND_RELATION",
-    "LOG_COLUMNS",
-    "MAX_LOG_LIMIT",
-    "STATUSES",
-    "PlanProblem",
-    "lock_report",
-    "real_dependencies",
-    "recent_log",
-    "validate_plan",
-]
+__all__ = ["LOCK_KIND_ADVISORY", "LOCK_KIND_RELATION", "LOG_COLUMNS", "MAX_LOG_LIMIT", "STATUSES", "PlanProblem",
+           "lock_report", "real_dependencies", "recent_log", "validate_plan"]
 
 #: The statuses of ``ops.mv_refresh_log`` (its CHECK constraint), in the order a refresh meets them.
 STATUSES = ("RUNNING", "OK", "ERROR", "SKIPPED", "ABANDONED")
 MAX_LOG_LIMIT = 10_000
 #: The keys of each :func:`recent_log` row, in display order.
-LOG_COLUMNS = (
-    "id",
-    "view",
-    "status",
-    "method",
-    "method_reason",
-    "refresh_started_at",
-    "refresh_finished_at",
-    "duration_ms",
-    "rows_after_refresh",
-    "error_sqlstate",
-    "error_message",
-    "run_by",
-    "dag_id",
-    "run_id",
-    "task_id",
-    "try_number",
-    "backend_pid",
-)
+LOG_COLUMNS = ("id", "view", "status", "method", "method_reason", "refresh_started_at", "refresh_finished_at",
+               "duration_ms", "rows_after_refresh", "error_sqlstate", "error_message", "run_by", "dag_id",
+               "run_id", "task_id", "try_number", "backend_pid")
 LOCK_KIND_RELATION = "relation"
 LOCK_KIND_ADVISORY = "refresh advisory lock"
 QUERY_CHARS = 200
@@ -98,15 +62,20 @@ def _chosen(catalog: Catalog, view: ViewRef | None) -> list[ViewSpec]:
 
 _PRESENT = """
 SELECT v.schema_name, v.mv_name, c.oid, c.relkind
-FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v (schema_name, mv_name)
 JOIN pg_namespace AS n ON n.nspname = v.schema_name
 JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = v.mv_name
 """
 
 
+def _names(views: list[ViewSpec]) -> dict[str, list[str]]:
+    """The views as the arrays the queries unnest: ``%(schemas)s``, ``%(names)s``."""
+    return {"schemas": [v.schema for v in views], "names": [v.name for v in views]}
+
+
 def _present(conn: psycopg.Connection, views: list[ViewSpec]) -> dict[tuple[str, str], tuple[int, str]]:
     """``{(schema, name): (oid, relkind)}`` for the views that exist (as any kind of relation)."""
-    rows = conn.execute(_PRESENT, ([v.schema for v in views], [v.name for v in views])).fetchall()
+    rows = conn.execute(_PRESENT, _names(views)).fetchall()
     return {(schema, name): (oid, relkind) for schema, name, oid, relkind in rows}
 
 
@@ -158,12 +127,7 @@ def _recent_log_statement(
 ) -> tuple[str, dict[str, Any], dict[tuple[str, str], str]]:
     """The query, its parameters and the display name of each view key (validated, not run)."""
     views = _chosen(catalog, view)
-    params = {
-        "schemas": [v.schema for v in views],
-        "names": [v.name for v in views],
-        "status": _check_status(status),
-        "limit": _check_limit(limit),
-    }
+    params = {**_names(views), "status": _check_status(status), "limit": _check_limit(limit)}
     return _RECENT_LOG, params, {v.key: v.display_name for v in views}
 
 
@@ -175,23 +139,16 @@ def recent_log(
     status: str | None = None,
     limit: int = 20,
 ) -> list[dict[str, Any]]:
-    """The newest rows of ``ops.mv_refresh_log``, newest first, for the catalog's views (or one of them).
+    """The newest rows of ``ops.mv_refresh_log`` (ties broken by ``id``) of the catalog's views, or one of them.
 
-    ``view`` is a catalog name (``schema.name``; CatalogError when malformed or not listed); ``status``
-    one of :data:`STATUSES` (any case; ValueError otherwise); ``limit`` 1..10000 (ValueError otherwise).
-    Each row is a dict with the keys :data:`LOG_COLUMNS`; ``view`` is the display name (``schema.name``,
-    quoted where needed). Rows of views outside the catalog are not shown. Ties on
-    ``refresh_started_at`` are broken by ``id``, newest first.
+    ``status`` is one of :data:`STATUSES` in any case, ``limit`` 1..10000 (else ValueError). Each row is a dict
+    with the keys :data:`LOG_COLUMNS`, ``view`` being the display name.
     """
     query, params, shown = _recent_log_statement(catalog, view, status, limit)
     with _reading(conn):
         rows = conn.execute(query, params).fetchall()
-    result = []
-    for row in rows:
-        (log_id, schema_name, mv_name, *rest) = row
-        values = [log_id, shown.get((schema_name, mv_name), format_qualified_name(schema_name, mv_name))]
-        result.append(dict(zip(LOG_COLUMNS, values + rest, strict=True)))
-    return result
+    return [dict(zip(LOG_COLUMNS, (log_id, shown.get((schema, name), format_qualified_name(schema, name)), *rest),
+                     strict=True)) for log_id, schema, name, *rest in rows]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,36 +196,18 @@ WHERE f.pid IS DISTINCT FROM pg_backend_pid()
 ORDER BY f.ord, f.granted DESC, f.lock_kind DESC, a.xact_start NULLS LAST, f.pid, f.mode
 """
 
-_LOCK_KEYS = (
-    "view",
-    "pid",
-    "usename",
-    "application_name",
-    "state",
-    "lock_kind",
-    "mode",
-    "granted",
-    "blocked_by",
-    "waiting_seconds",
-    "xact_age_seconds",
-    "query",
-)
+_LOCK_KEYS = ("view", "pid", "usename", "application_name", "state", "lock_kind", "mode", "granted", "blocked_by",
+              "waiting_seconds", "xact_age_seconds", "query")
 
 
 def lock_report(conn: psycopg.Connection, catalog: Catalog, view: ViewRef | None = None) -> list[dict]:
-    """Sessions holding or waiting for a lock on the catalog's views (or on one of them).
+    """Sessions holding or waiting for a lock on the catalog's views (or one of them): on the view itself
+    (``"relation"``) or on the engine's per-view ``"refresh advisory lock"`` (held by the refresh under way).
 
-    Two kinds of lock are shown: ``"relation"`` (``pg_locks`` on the view itself: a report reading it, a
-    refresh, a DDL) and ``"refresh advisory lock"`` (the engine's per-view lock that serialises
-    refreshes: its holder is the refresh under way, its waiters the refreshes queued behind it).
-
-    One row per session, view, kind and lock mode, in catalog order, holders before waiters, with the
-    keys ``view``, ``pid``, ``usename``, ``application_name``, ``state``, ``lock_kind``, ``mode``,
-    ``granted``, ``blocked_by`` (for a waiter, the pids ``pg_blocking_pids`` names; ``[]`` for a
-    holder), ``waiting_seconds`` (waiters only, else None), ``xact_age_seconds`` (age of the session's
-    transaction, None when it has none) and ``query`` (its current or last statement, first 200
-    characters; None when the role may not see it). A lock held by a prepared transaction has pid
-    None. The calling session is left out; catalog views absent from the database are skipped.
+    One row per session, view, kind and mode, in catalog order, holders before waiters, with the keys
+    ``_LOCK_KEYS``: ``blocked_by`` lists a waiter's ``pg_blocking_pids``, ``query`` is the first 200
+    characters (None when the role may not see it); a prepared transaction's lock has pid None. The calling
+    session is left out, and so are catalog views absent from the database.
     """
     views = _chosen(catalog, view)
     with _reading(conn):
@@ -277,39 +216,15 @@ def lock_report(conn: psycopg.Connection, catalog: Catalog, view: ViewRef | None
             conn.execute("SELECT pg_stat_clear_snapshot()")
         objids = [advisory_locktag(conn, v.schema, v.name)[1] for v in views]
         waitstart = "l.waitstart" if conn.info.server_version >= 140000 else "NULL::timestamptz"
-        query = sql.SQL(_LOCKS).format(
-            waitstart=sql.SQL(waitstart),
-            relation_kind=sql.Literal(LOCK_KIND_RELATION),
-            advisory_kind=sql.Literal(LOCK_KIND_ADVISORY),
-        )
-        rows = conn.execute(
-            query,
-            {
-                "schemas": [v.schema for v in views],
-                "names": [v.name for v in views],
-                "objids": objids,
-                "classid": ADVISORY_LOCK_CLASS & 0xFFFFFFFF,
-                "query_chars": QUERY_CHARS,
-            },
-        ).fetchall()
+        query = sql.SQL(_LOCKS).format(waitstart=sql.SQL(waitstart), relation_kind=sql.Literal(LOCK_KIND_RELATION),
+                                       advisory_kind=sql.Literal(LOCK_KIND_ADVISORY))
+        rows = conn.execute(query, {**_names(views), "objids": objids, "classid": ADVISORY_LOCK_CLASS & 0xFFFFFFFF,
+                                    "query_chars": QUERY_CHARS}).fetchall()
     shown = {v.key: v.display_name for v in views}
     report = []
-    for schema_name, mv_name, *rest in rows:
-        (pid, usename, app, state, kind, mode, granted, blocked_by, waiting, xact_age, text) = rest
-        values = (
-            shown[(schema_name, mv_name)],
-            pid,
-            usename,
-            app,
-            state,
-            kind,
-            mode,
-            bool(granted),
-            list(blocked_by or []),
-            _seconds(waiting),
-            _seconds(xact_age),
-            text,
-        )
+    for schema_name, mv_name, *who, granted, blocked_by, waiting, xact_age, text in rows:
+        values = (shown[(schema_name, mv_name)], *who, bool(granted), list(blocked_by or []), _seconds(waiting),
+                  _seconds(xact_age), text)
         report.append(dict(zip(_LOCK_KEYS, values, strict=True)))
     return report
 
@@ -352,16 +267,9 @@ class PlanProblem:
 def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProblem]:
     """Check the catalog's ``upstream`` lists and order against what ``pg_depend`` says each view reads.
 
-    Problems, in catalog order:
-
-    - ERROR: a catalog view does not exist, or is not a materialized view;
-    - ERROR: a view reads a catalog view listed below it (refreshed after it, so it reads stale data);
-    - ERROR: a view reads a catalog view its ``upstream`` does not list;
-    - WARN: a view reads a materialized view outside the catalog (nothing here refreshes it);
-    - WARN: a declared upstream is not read according to ``pg_depend`` (superfluous, or read where
-      ``pg_depend`` cannot see, e.g. inside a function).
-
-    An empty list means the plan agrees with the database.
+    ERROR: a view is missing or not a materialized view, reads a catalog view listed below it, or reads one
+    its ``upstream`` does not list. WARN: it reads a materialized view outside the catalog, or a declared
+    upstream is not read as far as ``pg_depend`` sees. An empty list means the plan agrees with the database.
     """
     views = list(catalog.views)
     with _reading(conn):
@@ -376,20 +284,15 @@ def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProble
         where = catalog.where(spec)
         if spec.key not in present:
             problems.append(PlanProblem(
-                "ERROR", name,
-                "does not exist in the database (no relation by that schema and name)",
+                "ERROR", name, "does not exist in the database (no relation by that schema and name)",
                 f"create the materialized view, or remove it from the catalog ({where}); check the "
-                "spelling and the quoting of the name",
-            ))
+                "spelling and the quoting of the name"))
             continue
         relkind = present[spec.key][1]
         if relkind != "m":
             problems.append(PlanProblem(
-                "ERROR", name,
-                f"is {_RELKIND_NAMES.get(relkind, 'not a materialized view')}, not a materialized view: "
-                "it cannot be refreshed",
-                f"correct the name in the catalog ({where}), or remove the entry",
-            ))
+                "ERROR", name, f"is {_RELKIND_NAMES.get(relkind, 'not a materialized view')}, not a materialized "
+                "view: it cannot be refreshed", f"correct the name in the catalog ({where}), or remove the entry"))
             continue
 
         tree = trees[matviews[spec.key]]
@@ -397,48 +300,35 @@ def validate_plan(conn: psycopg.Connection, catalog: Catalog) -> list[PlanProble
         for read_key in sorted(reads, key=lambda key: (order.get(key, len(order)), key)):
             read_name = format_qualified_name(*read_key)
             path = tree.through(reads[read_key])
-            if read_key in order:
-                read = catalog.get(read_key)
-                declared = read_key in spec.upstream
-                if read.position > spec.position:
-                    also = "" if declared else f", and add it to the upstream of {name}"
-                    problems.append(PlanProblem(
-                        "ERROR", name,
-                        f"reads {read_name}{path}, which the catalog lists below it "
-                        f"({catalog.where(read)}): views are refreshed top to bottom, so {name} "
-                        f"would be built from the previous contents of {read_name}",
-                        f"move {read_name} above {name} in the catalog{also}",
-                    ))
-                elif not declared:
-                    problems.append(PlanProblem(
-                        "ERROR", name,
-                        f"reads {read_name}{path}, but its upstream does not list it: the DAG neither "
-                        f"runs its refresh after {read_name}'s nor holds it back when {read_name} fails",
-                        f"add {read_name} to the upstream of {name} ({where})",
-                    ))
-            else:
+            declared = read_key in spec.upstream
+            if read_key not in order:
                 problems.append(PlanProblem(
-                    "WARN", name,
-                    f"reads the materialized view {read_name}{path}, which is not in the catalog: "
-                    f"mv-refresh never refreshes it, so {name} is only as fresh as its last refresh "
-                    "elsewhere",
+                    "WARN", name, f"reads the materialized view {read_name}{path}, which is not in the catalog: "
+                    f"mv-refresh never refreshes it, so {name} is only as fresh as its last refresh elsewhere",
                     f"add {read_name} to the catalog above {name} (and to its upstream), or accept "
-                    "that it is refreshed elsewhere",
-                ))
+                    "that it is refreshed elsewhere"))
+            elif (read := catalog.get(read_key)).position > spec.position:
+                also = "" if declared else f", and add it to the upstream of {name}"
+                problems.append(PlanProblem(
+                    "ERROR", name, f"reads {read_name}{path}, which the catalog lists below it "
+                    f"({catalog.where(read)}): views are refreshed top to bottom, so {name} "
+                    f"would be built from the previous contents of {read_name}",
+                    f"move {read_name} above {name} in the catalog{also}"))
+            elif not declared:
+                problems.append(PlanProblem(
+                    "ERROR", name, f"reads {read_name}{path}, but its upstream does not list it: the DAG neither "
+                    f"runs its refresh after {read_name}'s nor holds it back when {read_name} fails",
+                    f"add {read_name} to the upstream of {name} ({where})"))
 
+        functions = [c.signature for c in tree.calls if c.oid >= USER_OID_START]
+        hidden = (f"; it calls {', '.join(functions)}, and what a function reads is invisible to pg_depend"
+                  if functions else "")
         for up in spec.upstream:
             up_name = format_qualified_name(*up)
             if up in reads or up not in matviews:
                 continue  # read, or not a materialized view in the database (reported on its own)
-            hidden = ""
-            functions = [c.signature for c in tree.calls if c.oid >= USER_OID_START]
-            if functions:
-                hidden = (f"; it calls {', '.join(functions)}, and what a function reads is "
-                          "invisible to pg_depend")
             problems.append(PlanProblem(
-                "WARN", name,
-                f"lists {up_name} as upstream, but pg_depend shows no read of it{hidden}",
+                "WARN", name, f"lists {up_name} as upstream, but pg_depend shows no read of it{hidden}",
                 f"remove {up_name} from the upstream of {name} ({where}), unless {name} reads it where "
-                "pg_depend cannot see (inside a function or dynamic SQL)",
-            ))
+                "pg_depend cannot see (inside a function or dynamic SQL)"))
     return problems
