@@ -1,18 +1,10 @@
 """Least privilege: how the refreshing role may refresh a view it does not own (docs/security.md).
 
-PostgreSQL 15/16 lets only the owner (or a member of the owning role) refresh a materialized view;
-17+ also lets any role holding ``MAINTAIN`` on it. For a refresher that is neither, the views' owner can
-install ``ops.refresh_materialized_view(schema, name, concurrently)`` with
-``include/sql/ops/least_privilege.sql``: a ``SECURITY DEFINER`` function that refreshes, with the
-owner's rights, only the views the owner put on its allow-list ``ops.mv_refresh_allowlist``.
-
 ``check_access`` decides, per view and before any refresh SQL runs, which way the engine refreshes:
-
-* ``owner`` / ``maintain``: the current role owns the view (or inherits the owning role) or holds
-  ``MAINTAIN`` (17+), and may use its schema: plain ``REFRESH MATERIALIZED VIEW`` statements;
-* ``function``: otherwise, when ``ops.refresh_materialized_view`` exists and the role may execute it;
-* ``none``: otherwise plain statements again, and PostgreSQL refuses them (42501); the engine then
-  reports a permission error that names the role, the view and the fix (``permission_message``).
+``owner`` / ``maintain`` (owns the view, or holds ``MAINTAIN`` on PostgreSQL 17+, and may use its schema:
+plain ``REFRESH`` statements); else ``function`` (the owner's ``SECURITY DEFINER``
+``ops.refresh_materialized_view`` and its allow-list, when the role may execute it); else ``none`` (plain
+statements, which PostgreSQL refuses with 42501: ``permission_message`` names the role, the view and the fix).
 """
 
 from __future__ import annotations
@@ -59,10 +51,6 @@ class RefreshAccess:
         if self.via_function:
             return f"via {FUNCTION_NAME} (runs as {self.function_owner})"
         return None
-
-    @property
-    def server_has_maintain(self) -> bool:
-        return self.server_version_num >= MAINTAIN_VERSION_NUM
 
 
 _ACCESS = """
@@ -116,10 +104,8 @@ def refresh_statement(schema: str, name: str, concurrently: bool,
     """The statement (and its parameters) that refreshes the view along ``access.path``."""
     if access.via_function:
         return (sql.SQL("SELECT ops.refresh_materialized_view(%s, %s, %s)"), (schema, name, concurrently))
-    target = sql.Identifier(schema, name)
-    if concurrently:
-        return sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(target), ()
-    return sql.SQL("REFRESH MATERIALIZED VIEW {}").format(target), ()
+    how = "CONCURRENTLY " if concurrently else ""
+    return sql.SQL("REFRESH MATERIALIZED VIEW " + how + "{}").format(sql.Identifier(schema, name)), ()
 
 
 def is_permission_error(exc: BaseException) -> bool:
@@ -142,7 +128,7 @@ def fix_for(view: str, schema: str, view_name: str, access: RefreshAccess) -> st
                     f"of the view, or (PostgreSQL 17+) GRANT MAINTAIN ON {view} TO {role}")
         return (f"as the view's owner {owner}, put it on the allow-list {ALLOWLIST_TABLE}: `{script}` "
                 f"(or add the row {_literal(schema)}, {_literal(view_name)} to it by hand)")
-    if access.server_has_maintain:
+    if access.server_version_num >= MAINTAIN_VERSION_NUM:
         return (f"as the view's owner {owner}: {usage}GRANT MAINTAIN, SELECT ON {view} TO {role}; "
                 f"or run `{script}`")
     return (f"PostgreSQL {access.server_version_num // 10000} lets only the owner refresh: as the view's "
@@ -151,10 +137,8 @@ def fix_for(view: str, schema: str, view_name: str, access: RefreshAccess) -> st
 
 
 def permission_message(view: str, schema: str, view_name: str, access: RefreshAccess, detail: str) -> str:
-    """The log's message for a 42501 refresh: the role, the view, what PostgreSQL said, and the fix.
-
-    ``view`` is the display name (``schema.name``, quoted as needed), ``schema``/``view_name`` its parts.
-    """
+    """The log's message for a 42501 refresh: the role, the view (display name and parts), what PostgreSQL
+    said, and the fix."""
     return (f"permission denied: role {quote_identifier(access.role)} may not refresh {view} ({detail}). "
             f"Fix: {fix_for(view, schema, view_name, access)}")
 
@@ -188,10 +172,8 @@ class LogAccess:
 
 
 def log_access(conn: psycopg.Connection) -> LogAccess:
-    """Can the current role write ops.mv_refresh_log (and ops.mv_catalog)?
-
-    ``missing`` is None too when the log does not exist: the refresh then fails on it, saying to run init-db.
-    """
+    """Can the current role write ops.mv_refresh_log (and ops.mv_catalog)? ``missing`` is None too when the
+    log does not exist: the refresh then fails on it, saying to run init-db."""
     row = conn.execute(_LOG_PRIVILEGES).fetchone()
     if row is None:
         return LogAccess(None, False)
@@ -206,8 +188,3 @@ def log_access(conn: psycopg.Connection) -> LogAccess:
         f"the ops schema, run `psql -f {SCRIPT} -v refresher={shlex.quote(role)} -v part=ops`, or "
         f"GRANT USAGE ON SCHEMA ops TO {quote_identifier(role)}; "
         f"GRANT SELECT, INSERT, UPDATE ON ops.mv_refresh_log TO {quote_identifier(role)}", False)
-
-
-def missing_log_privileges(conn: psycopg.Connection) -> str | None:
-    """A message naming what the current role lacks to write ops.mv_refresh_log, or None."""
-    return log_access(conn).missing
