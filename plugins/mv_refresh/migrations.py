@@ -95,12 +95,8 @@ def discover_migrations(directory: Path = SQL_OPS_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def apply_migrations(
-    dsn: str,
-    *,
-    directory: Path = SQL_OPS_DIR,
-    progress: Callable[[str], None] | None = None,
-) -> list[Migration]:
+def apply_migrations(dsn: str, *, directory: Path = SQL_OPS_DIR,
+                     progress: Callable[[str], None] | None = None) -> list[Migration]:
     """Bring the ops schema up to date; return the migrations applied by this call (empty if none)."""
     say = progress or (lambda _line: None)
     migrations = discover_migrations(directory)
@@ -108,12 +104,8 @@ def apply_migrations(
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             conn.execute(_BOOKKEEPING)
-            applied = {
-                version: (name, checksum)
-                for version, name, checksum in conn.execute(
-                    "SELECT version, name, checksum FROM ops.schema_migrations"
-                )
-            }
+            applied = {version: (name, checksum) for version, name, checksum
+                       in conn.execute("SELECT version, name, checksum FROM ops.schema_migrations")}
             done: list[Migration] = []
             for migration in migrations:
                 if migration.version in applied:
@@ -128,10 +120,8 @@ def apply_migrations(
                     conn.execute(migration.sql)
                 except psycopg.Error as exc:
                     raise MigrationError(f"{migration.path} failed: {exc}") from exc
-                conn.execute(
-                    "INSERT INTO ops.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, migration.checksum),
-                )
+                conn.execute("INSERT INTO ops.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                             (migration.version, migration.name, migration.checksum))
                 say(f"  {migration.label}: applied")
                 done.append(migration)
     return done
@@ -149,8 +139,7 @@ def _check_unchanged(migration: Migration, applied_name: str, applied_checksum: 
 
 def applied_versions(conn: psycopg.Connection) -> list[int]:
     """Versions recorded in ``ops.schema_migrations`` (empty when the schema was never initialised)."""
-    exists = conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]
-    if not exists:
+    if not conn.execute("SELECT to_regclass('ops.schema_migrations') IS NOT NULL").fetchone()[0]:
         return []
     return [row[0] for row in conn.execute("SELECT version FROM ops.schema_migrations ORDER BY version")]
 
@@ -174,17 +163,10 @@ WHERE (c.position, c.is_critical, c.refresh_mode, c.grain, c.upstream, c.warn_af
 
 
 def _mirror_params(view) -> dict:
-    return {
-        "schema": view.schema,
-        "name": view.name,
-        "position": view.position,
-        "critical": view.critical,
-        "mode": view.mode,
-        "grain": list(view.grain) or None,
-        "upstream": [format_qualified_name(*key) for key in view.upstream],
-        "warn": view.warn_after_hours,
-        "crit": view.crit_after_hours,
-    }
+    return {"schema": view.schema, "name": view.name, "position": view.position, "critical": view.critical,
+            "mode": view.mode, "grain": list(view.grain) or None,
+            "upstream": [format_qualified_name(*key) for key in view.upstream],
+            "warn": view.warn_after_hours, "crit": view.crit_after_hours}
 
 
 def mirror_view(conn: psycopg.Connection, view) -> None:
@@ -195,11 +177,9 @@ def mirror_view(conn: psycopg.Connection, view) -> None:
 def sync_catalog(conn: psycopg.Connection, catalog) -> None:
     """Mirror the YAML catalog into ``ops.mv_catalog`` (views no longer listed are removed)."""
     with conn.transaction():
-        conn.execute(
-            "DELETE FROM ops.mv_catalog WHERE (schema_name, mv_name) NOT IN "
-            "(SELECT * FROM unnest(%s::text[], %s::text[]))",
-            ([v.schema for v in catalog.views], [v.name for v in catalog.views]),
-        )
+        conn.execute("DELETE FROM ops.mv_catalog WHERE (schema_name, mv_name) NOT IN "
+                     "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                     ([v.schema for v in catalog.views], [v.name for v in catalog.views]))
         with conn.cursor() as cur:
             cur.executemany(_MIRROR_ROW, [_mirror_params(v) for v in catalog.views])
 
