@@ -1,16 +1,12 @@
 """The prerequisites of REFRESH ... CONCURRENTLY (the runbook's steps 1-3), for any catalog view with a grain.
 
-1. ``find_duplicates``: rows sharing a grain value in what the *next* refresh will produce: the view's
-   defining query (``pg_get_viewdef``), not its stored rows, which may predate the duplicates. This
-   matters beyond the index build: a CONCURRENTLY refresh silently collapses identical new rows that hold a
-   NULL in any column (its own duplicate check skips such rows), so a grain that is unique in the stored
-   rows but not in the query loses rows without an error. Grains with a NULL part are not duplicates: a
-   unique index treats NULLs as distinct.
-2. ``ensure_unique_index``: ``CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ux_<view>_grain`` on an
-   autocommit connection. A failed earlier build leaves an INVALID index that ``IF NOT EXISTS`` would
-   silently accept: an INVALID index of that name is dropped concurrently and rebuilt, never accepted;
-   a build that fails here drops its own INVALID leftover. Long builds report progress from
-   ``pg_stat_progress_create_index``.
+1. ``find_duplicates``: grain values with several rows in what the *next* refresh will produce (the view's
+   defining query), not in its stored rows, which may predate the duplicates: a CONCURRENTLY refresh silently
+   collapses identical new rows that hold a NULL in any column, so a grain unique only in the stored rows
+   loses rows without an error. Grains with a NULL part are not duplicates (a unique index allows them).
+2. ``ensure_unique_index``: ``CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ux_<view>_grain``. An INVALID
+   index of that name (a failed build, which ``IF NOT EXISTS`` would silently accept) is dropped and rebuilt;
+   a build that fails here drops its own leftover.
 3. ``verify_unique_index``: the runbook's ``pg_indexes`` query plus ``pg_index.indisvalid``.
 """
 
@@ -90,6 +86,10 @@ def grain_index_name(spec: ViewSpec) -> str:
     return f"ux_{stem}_{digest}_grain"
 
 
+def _columns(spec: ViewSpec) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in spec.grain)
+
+
 def _checked_view(conn: psycopg.Connection, catalog: Catalog, view: str | ViewSpec) -> tuple[ViewSpec, ViewState]:
     spec = catalog.get(view.key if isinstance(view, ViewSpec) else view)
     if not spec.grain:
@@ -101,11 +101,8 @@ def _checked_view(conn: psycopg.Connection, catalog: Catalog, view: str | ViewSp
         state = inspect_view(conn, spec)
     except ViewUnavailable as exc:
         raise PrerequisiteError(str(exc)) from None
-    columns = {
-        row[0] for row in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (state.oid,)
-        )
-    }
+    columns = {row[0] for row in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (state.oid,))}
     missing = [c for c in spec.grain if c not in columns]
     if missing:
         raise PrerequisiteError(
@@ -126,7 +123,7 @@ def find_duplicates(dsn: str, catalog: Catalog, view: str | ViewSpec, *, limit: 
         spec, state = _checked_view(conn, catalog, view)
         pg.set_timeouts(conn, statement=spec.statement_timeout_seconds, local=True)
         definition = conn.execute("SELECT pg_get_viewdef(%s::oid)", (state.oid,)).fetchone()[0]
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.grain)
+        cols = _columns(spec)
         not_null = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in spec.grain)
         query = sql.SQL("""
             WITH next_refresh AS MATERIALIZED ({definition}),
@@ -175,19 +172,19 @@ def _index_state(conn: psycopg.Connection, spec: ViewSpec, state: ViewState, nam
     return conn.execute(_INDEX_BY_NAME, {"view": state.oid, "schema": spec.schema, "name": name}).fetchone()
 
 
+def _on_grain(found: tuple, spec: ViewSpec) -> bool:
+    """The index found is unique, on this view, on exactly the grain's plain columns, without WHERE."""
+    _, on_view, _valid, unique, plain, columns, _indexdef = found
+    return bool(on_view and unique and plain and tuple(columns) == spec.grain)
+
+
 def _drop_index(conn: psycopg.Connection, spec: ViewSpec, name: str) -> None:
     conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(spec.schema, name)))
 
 
-def ensure_unique_index(
-    dsn: str,
-    catalog: Catalog,
-    view: str | ViewSpec,
-    *,
-    progress: Callable[[str], None] | None = None,
-    lock_timeout: float | None = None,
-    statement_timeout: float | None = None,
-) -> IndexReport:
+def ensure_unique_index(dsn: str, catalog: Catalog, view: str | ViewSpec, *,
+                        progress: Callable[[str], None] | None = None, lock_timeout: float | None = None,
+                        statement_timeout: float | None = None) -> IndexReport:
     """Step 2: the valid unique index ``ux_<view>_grain`` on the grain, built concurrently if missing."""
     say = progress or (lambda _line: None)
     with connect(dsn, autocommit=True, purpose="prepare index") as conn:
@@ -196,9 +193,8 @@ def ensure_unique_index(
         found = _index_state(conn, spec, state, name)
         action = "built"
         if found is not None:
-            _, on_view, valid, unique, plain, columns, indexdef = found
-            matches = on_view and unique and plain and tuple(columns) == spec.grain
-            if valid and matches:
+            valid, indexdef = found[2], found[6]
+            if valid and _on_grain(found, spec):
                 say(f"{spec.display_name}: {name} exists and is valid")
                 return IndexReport(spec.display_name, name, "exists", True, indexdef)
             if valid:
@@ -209,13 +205,10 @@ def ensure_unique_index(
             say(f"{spec.display_name}: {name} exists but is INVALID (a failed earlier build); dropping it concurrently")
             _drop_index(conn, spec, name)
             action = "rebuilt"
-        lock_s = spec.lock_timeout_seconds if lock_timeout is None else lock_timeout
-        stmt_s = spec.statement_timeout_seconds if statement_timeout is None else statement_timeout
-        pg.set_timeouts(conn, lock=lock_s, statement=stmt_s)
-        target = sql.Identifier(spec.schema, spec.name)
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.grain)
+        pg.set_timeouts(conn, lock=spec.lock_timeout_seconds if lock_timeout is None else lock_timeout,
+                        statement=spec.statement_timeout_seconds if statement_timeout is None else statement_timeout)
         statement = sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
-            sql.Identifier(name), target, cols)
+            sql.Identifier(name), sql.Identifier(spec.schema, spec.name), _columns(spec))
         say(f"{spec.display_name}: building {name} concurrently ...")
         started = time.monotonic()
         try:
@@ -304,7 +297,7 @@ def verify_unique_index(dsn: str, catalog: Catalog, view: str | ViewSpec) -> Ind
     if not found[2]:
         raise PrerequisiteError(f"{spec.display_name}: index {name} exists but is INVALID; run "
                                 f"mv-refresh prepare-concurrently {spec.display_name} to rebuild it")
-    if not (found[1] and found[3] and found[4] and tuple(found[5]) == spec.grain):
+    if not _on_grain(found, spec):
         raise PrerequisiteError(f"{spec.display_name}: {name} is not a unique index on the grain: {found[6]}")
     return IndexReport(spec.display_name, name, "verified", True, listed[2])
 
@@ -316,8 +309,7 @@ class PrepareResult:
     verified: IndexReport
 
     def as_json(self) -> dict[str, Any]:
-        return {"duplicates": self.duplicates.as_json(), "index": self.index.as_json(),
-                "verified": self.verified.as_json()}
+        return {step: report.as_json() for step, report in vars(self).items()}
 
 
 def prepare_concurrently(dsn: str, catalog: Catalog, view: str | ViewSpec, *,
