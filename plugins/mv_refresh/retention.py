@@ -23,17 +23,15 @@ from .names import quote_identifier
 # The ids to keep whatever their age: per view, the newest OK row and the newest finished row (both read
 # from V004's indexes: one entry per view each).
 _PROTECTED = """
-SELECT ok.id FROM (SELECT DISTINCT schema_name, mv_name FROM ops.mv_refresh_log WHERE id < %(below)s) AS v
+SELECT DISTINCT kept.id FROM (SELECT DISTINCT schema_name, mv_name FROM ops.mv_refresh_log WHERE id < %(below)s) AS v
 CROSS JOIN LATERAL (
-    SELECT l.id FROM ops.mv_refresh_log AS l
-    WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.status = 'OK'
-    ORDER BY l.refresh_finished_at DESC, l.id DESC LIMIT 1) AS ok
-UNION
-SELECT fin.id FROM (SELECT DISTINCT schema_name, mv_name FROM ops.mv_refresh_log WHERE id < %(below)s) AS v
-CROSS JOIN LATERAL (
-    SELECT l.id FROM ops.mv_refresh_log AS l
-    WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.refresh_finished_at IS NOT NULL
-    ORDER BY l.refresh_finished_at DESC, l.id DESC LIMIT 1) AS fin
+    (SELECT l.id FROM ops.mv_refresh_log AS l
+     WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.status = 'OK'
+     ORDER BY l.refresh_finished_at DESC, l.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT l.id FROM ops.mv_refresh_log AS l
+     WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.refresh_finished_at IS NOT NULL
+     ORDER BY l.refresh_finished_at DESC, l.id DESC LIMIT 1)) AS kept
 """
 
 _BATCH = """
@@ -76,18 +74,16 @@ class PruneReport:
                 f"in {self.batches:,} batches, {self.seconds:.1f} s")
 
     def as_json(self) -> dict:
-        out = asdict(self)
-        out["cutoff"] = self.cutoff.isoformat()
-        return out
+        return {**asdict(self), "cutoff": self.cutoff.isoformat()}
 
 
 def prune_log(conn: psycopg.Connection, *, keep_days: int, batch_size: int = 10_000,
               progress: Callable[[str], None] | None = None) -> PruneReport:
     """Delete old rows of ``ops.mv_refresh_log`` (see the module docstring); ``conn`` must be autocommit."""
-    if isinstance(keep_days, bool) or not isinstance(keep_days, int) or keep_days < 1:
-        raise ValueError(f"keep_days must be a whole number of days, 1 or more; got {keep_days!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number, 1 or more; got {batch_size!r}")
+    for name, value, what in (("keep_days", keep_days, "a whole number of days"),
+                              ("batch_size", batch_size, "a whole number")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be {what}, 1 or more; got {value!r}")
     refused = missing_delete_privilege(conn)
     if refused:
         raise PruneRefused(refused)
