@@ -42,6 +42,14 @@ def _emit_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, default=str))
 
 
+def _emit(args: argparse.Namespace, payload: Any, headers: Sequence[str] = (), rows=(), *, wide=False) -> None:
+    """``payload`` as JSON under --json, else ``rows`` as a table (nothing without ``headers``)."""
+    if args.json:
+        _emit_json(payload)
+    elif headers:
+        _print_table(headers, rows, wide=wide)
+
+
 def _fail(message: str, code: int) -> int:
     print(message, file=sys.stderr)
     return code
@@ -121,8 +129,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         say(f"  {result.summary()}" + (f"  [{result.method_reason}]" if result.method_reason else ""))
         results.append({"view": spec.display_name, **result.as_dict()})
     sessions.close()
-    if args.json:
-        _emit_json(results)
+    _emit(args, results)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -137,16 +144,11 @@ def cmd_health(args: argparse.Namespace) -> int:
             rows = read_health(conn, catalog, views)
     except Exception as exc:  # noqa: BLE001 - any failure to read health is UNKNOWN, never OK
         return _fail(f"UNKNOWN: cannot read health: {exc}", EXIT_UNKNOWN)
-    if args.json:
-        _emit_json([r.as_json() for r in rows])
-    else:
-        _print_table(
-            ["view", "bucket", "hours_since_ok", "last_ok_refresh", "last_status", "rows", "last_error"],
-            [(r.display_name + (" *" if r.is_critical else ""), r.status_bucket,
-              None if r.hours_since_ok_refresh is None else f"{r.hours_since_ok_refresh:.2f}",
-              r.last_ok_refresh_finished_at, r.last_status, r.rows_after_refresh, r.last_error)
-             for r in rows],
-        )
+    _emit(args, [r.as_json() for r in rows],
+          ["view", "bucket", "hours_since_ok", "last_ok_refresh", "last_status", "rows", "last_error"],
+          [(r.display_name + (" *" if r.is_critical else ""), r.status_bucket,
+            None if r.hours_since_ok_refresh is None else f"{r.hours_since_ok_refresh:.2f}",
+            r.last_ok_refresh_finished_at, r.last_status, r.rows_after_refresh, r.last_error) for r in rows])
     unsynced = [r.display_name for r in rows if not r.mirrored]
     if unsynced:
         print(f"note: ops.mv_catalog (what SQL readers of ops.v_mv_health see) is out of step with "
@@ -239,8 +241,7 @@ def cmd_track(args: argparse.Namespace) -> int:
             f"{len(views)} view(s):")
         changes = (tracking.install(conn, catalog, views, progress=say) if args.action == "install"
                    else tracking.remove(conn, catalog, views, progress=say))
-    if args.json:
-        _emit_json([c.as_json() for c in changes])
+    _emit(args, [c.as_json() for c in changes])
     return EXIT_FAILED if any(c.action == "failed" for c in changes) else EXIT_OK
 
 
@@ -249,13 +250,10 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     rows = _read(args, "log", lambda conn, catalog: recent_log(conn, catalog, args.view, status=args.status,
                                                                limit=args.limit))
-    if args.json:
-        _emit_json(rows)
-    else:
-        _print_table(["id", "view", "status", "method", "started", "ms", "rows", "sqlstate", "error", "by"],
-                     [(r["id"], r["view"], r["status"], r["method"], r["refresh_started_at"], r["duration_ms"],
-                       r["rows_after_refresh"], r["error_sqlstate"], r["error_message"],
-                       r["task_id"] or r["run_by"]) for r in rows])
+    _emit(args, rows, ["id", "view", "status", "method", "started", "ms", "rows", "sqlstate", "error", "by"],
+          [(r["id"], r["view"], r["status"], r["method"], r["refresh_started_at"], r["duration_ms"],
+            r["rows_after_refresh"], r["error_sqlstate"], r["error_message"], r["task_id"] or r["run_by"])
+           for r in rows])
     return EXIT_OK
 
 
@@ -279,17 +277,14 @@ def cmd_blockers(args: argparse.Namespace) -> int:
     from .troubleshoot import lock_report
 
     rows = _read(args, "blockers", lambda conn, catalog: lock_report(conn, catalog, args.view))
-    if args.json:
-        _emit_json(rows)
-    elif not rows:
+    if not rows and not args.json:
         print("no session holds or waits for a lock on the catalog's views")
-    else:
-        _print_table(["view", "pid", "user", "lock", "mode", "granted", "blocked_by", "waiting_s", "state", "query"],
-                     [(r["view"], r["pid"], r["usename"], r["lock_kind"], r["mode"],
-                       "yes" if r["granted"] else "WAITING",
-                       ", ".join(map(str, r["blocked_by"])) or None,
-                       None if r.get("waiting_seconds") is None else f"{r['waiting_seconds']:.1f}",
-                       r["state"], r["query"]) for r in rows])
+        return EXIT_OK
+    _emit(args, rows, ["view", "pid", "user", "lock", "mode", "granted", "blocked_by", "waiting_s", "state", "query"],
+          [(r["view"], r["pid"], r["usename"], r["lock_kind"], r["mode"], "yes" if r["granted"] else "WAITING",
+            ", ".join(map(str, r["blocked_by"])) or None,
+            None if r.get("waiting_seconds") is None else f"{r['waiting_seconds']:.1f}", r["state"], r["query"])
+           for r in rows])
     return EXIT_OK
 
 
@@ -303,11 +298,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return _fail(f"UNKNOWN: cannot run the audit: {exc}", EXIT_UNKNOWN)
     if args.json:
         _emit_json(report.as_json())
-    else:
-        if report.findings:
-            _print_table(["severity", "check", "view", "finding", "fix"],
-                         [(f.severity, f.check, f.view, f.message, f.fix) for f in report.findings], wide=True)
-        print(report.summary())
+        return report.exit_code
+    if report.findings:
+        _print_table(["severity", "check", "view", "finding", "fix"],
+                     [(f.severity, f.check, f.view, f.message, f.fix) for f in report.findings], wide=True)
+    print(report.summary())
     return report.exit_code
 
 
@@ -350,9 +345,7 @@ def cmd_demo_load(args: argparse.Namespace) -> int:
     if args.if_needed and loaded_drivers(dsn) == args.drivers:
         _say(args)(f"demo warehouse already loaded with {args.drivers:,} drivers; keeping it")
         return EXIT_OK
-    counts = load_demo(dsn, drivers=args.drivers, progress=_say(args))
-    if args.json:
-        _emit_json(counts)
+    _emit(args, load_demo(dsn, drivers=args.drivers, progress=_say(args)))
     return EXIT_OK
 
 
