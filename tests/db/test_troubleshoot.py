@@ -161,7 +161,9 @@ def test_reading_leaves_no_transaction_behind(lab_dsn, lab, logged):
 
 
 def _waiting(dsn: str, kind: str) -> bool:
-    return bool(scalar(dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = %s", (kind,)))
+    """A lock wait in this test's database (other tests on a shared server wait for locks of their own)."""
+    return bool(scalar(dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = %s AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())", (kind,)))
 
 
 def test_lock_report_shows_a_reader_holding_the_view_and_the_refresh_it_blocks(lab_dsn, lab):

@@ -51,8 +51,8 @@ def _locks_of_view(dsn: str) -> int:
 
     return scalar(dsn, """
         SELECT count(*) FROM pg_locks
-        WHERE granted AND (relation = 'lab.mv_slow'::regclass
-                           OR (locktype = 'advisory' AND classid::bigint = %s))""",
+        WHERE granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND (relation = 'lab.mv_slow'::regclass OR (locktype = 'advisory' AND classid::bigint = %s))""",
                   (ADVISORY_LOCK_CLASS & 0xFFFFFFFF,))
 
 
