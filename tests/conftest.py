@@ -51,6 +51,11 @@ TEST_DEMO_DRIVERS = 300
 _FOLDER_MARKS = {"unit": "unit", "db": "db", "airflow": "airflow", "dags": "airflow", "faults": "faults", "ui": "ui"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "standalone: starts a real `airflow standalone` (make airflow) with its "
+                            "triggerer; minutes (tests/faults/test_events_standalone.py)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test after its folder, so a reader (and ``-m``) can pick a layer."""
     tests_dir = Path(__file__).resolve().parent

@@ -268,6 +268,10 @@ def _banner(args: argparse.Namespace, home: Path) -> str:
         "  Note: the DAG starts paused. 'Unpause on trigger' (ticked by default in the trigger form) unpauses it,",
         "  and an unpaused ops_mv_refresh also starts its latest hourly run (catchup is off: just the one) before",
         "  or alongside yours; it then runs every hour while this is up. Pause it again to stop that.",
+        *(["  Event-driven runs are on: a committed change to a tracked source starts a run after a "
+           f"{os.environ.get('MV_REFRESH_EVENTS_QUIET_SECONDS') or 30} s quiet period (MV_REFRESH_EVENTS=off: hourly only;",
+           "  docs/events.md)."]
+          if (os.environ.get("MV_REFRESH_EVENTS") or "on").lower() not in ("off", "false", "0", "no") else []),
         "  Ctrl-C stops Airflow and every process it started.",
         "",
     ])
