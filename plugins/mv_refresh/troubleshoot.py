@@ -171,16 +171,12 @@ locks AS MATERIALIZED (  -- one call of pg_lock_status(): one consistent picture
       AND l.locktype IN ('relation', 'advisory')
 ),
 found AS (
-    SELECT t.ord, t.schema_name, t.mv_name, {relation_kind}::text AS lock_kind,
-           l.pid, l.mode, l.granted, l.waitstart
+    SELECT t.ord, t.schema_name, t.mv_name, l.pid, l.mode, l.granted, l.waitstart,
+           (CASE l.locktype WHEN 'relation' THEN {relation_kind} ELSE {advisory_kind} END)::text AS lock_kind
     FROM target AS t
-    JOIN locks AS l ON l.locktype = 'relation' AND l.relation = t.relid
-    UNION ALL
-    SELECT t.ord, t.schema_name, t.mv_name, {advisory_kind}::text,
-           l.pid, l.mode, l.granted, l.waitstart
-    FROM target AS t
-    JOIN locks AS l ON l.locktype = 'advisory' AND l.objsubid = 2
-                   AND l.classid::bigint = %(classid)s AND l.objid::bigint = t.objid
+    JOIN locks AS l ON (l.locktype = 'relation' AND l.relation = t.relid)
+                    OR (l.locktype = 'advisory' AND l.objsubid = 2
+                        AND l.classid::bigint = %(classid)s AND l.objid::bigint = t.objid)
 )
 SELECT f.schema_name, f.mv_name, f.pid, a.usename, a.application_name,
        CASE WHEN f.pid IS NULL THEN 'prepared transaction' ELSE a.state END,
