@@ -19,6 +19,7 @@ embedded PostgreSQL (benchkit.Databases).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -80,6 +81,7 @@ def _wait_watching(dsn: str, timeout: float = 300.0) -> None:
 
 def _trial(server: MakeAirflow, dsn: str, timeout: float) -> dict[str, Any]:
     before = {r["dag_run_id"] for r in server.runs()}
+    committed_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
     committed = time.monotonic()
     claim = insert_claim(dsn)
     shown = None
@@ -91,7 +93,7 @@ def _trial(server: MakeAirflow, dsn: str, timeout: float) -> dict[str, Any]:
     if shown is None:
         raise RuntimeError(f"claim {claim} not in {bk.CRITICAL_VIEW} after {timeout:.0f} s")
     new = [r for r in server.runs() if r["dag_run_id"] not in before]
-    return {"claim_id": claim, "lag_s": shown, "runs": [{k: r.get(k) for k in ("dag_run_id", "run_type", "state",
+    return {"claim_id": claim, "committed_at": committed_at, "lag_s": shown, "runs": [{k: r.get(k) for k in ("dag_run_id", "run_type", "state",
                                                                                "queued_at", "start_date", "end_date")}
                                                         for r in new]}
 
