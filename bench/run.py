@@ -6,7 +6,8 @@
 
 Sections: 1 logged refresh overhead, 2 readers during refreshes, 3 CONCURRENTLY vs PLAIN by fraction
 changed, 4 scaling, 5 DAG parse time, 6 Airflow's own overhead, 7 change tracking (unchanged runs, one
-changed row, writers' cost), 8 health against the size of the log. Each prints a table (name, A, B, ratio,
+changed row, writers' cost), 8 health against the size of the log, 9 event-driven lag (a committed change to
+the critical view showing it, in airflow standalone). Each prints a table (name, A, B, ratio,
 goal, met?); a summary table ends the run. Everything, raw samples included, goes to bench/out/ (git-ignored):
 results.json and the figures; the figures the README shows are copied to docs/img/.
 
@@ -35,6 +36,7 @@ import airflow_run
 import benchkit as bk
 import dag_parse
 import health_scale
+import lag
 import modes
 import readers
 import refresh_overhead
@@ -60,6 +62,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "writer_rounds": 8,
         "writer_seconds": 4,
         "health_reps": 50,
+        "lag_trials": 5,
     },
     "full": {
         "drivers": 200_000,         # ~5.5M source rows; the critical view refreshes in ~7 s
@@ -75,13 +78,14 @@ SCALES: dict[str, dict[str, Any]] = {
         "writer_rounds": 12,
         "writer_seconds": 8,
         "health_reps": 100,
+        "lag_trials": 7,
     },
 }
 # Not a measurement: a self-check of the runner itself (every section end to end in about a minute).
 SCALES["smoke"] = {
     "drivers": 2_000, "overhead_rounds": 2, "startup_reps": 2, "reader_reps": 1, "modes_rounds": 1,
     "scaling_scales": [200, 2_000, 20_000], "scaling_reps": 1, "parse_rounds": 1, "airflow_rounds": 1,
-    "tracking_rounds": 1, "writer_rounds": 1, "writer_seconds": 2, "health_reps": 3,
+    "tracking_rounds": 1, "writer_rounds": 1, "writer_seconds": 2, "health_reps": 3, "lag_trials": 1,
 }
 SECTIONS = {
     "1": "logged refresh overhead",
@@ -92,10 +96,11 @@ SECTIONS = {
     "6": "Airflow's own overhead",
     "7": "change tracking",
     "8": "health against the size of the log",
+    "9": "event-driven lag",
 }
 # Run order: everything on the main database first, the scaling (which may reload it) last; the health
-# section fills a log in a scratch database of its own.
-ORDER = ["1", "2", "3", "5", "6", "7", "4", "8"]
+# section fills a log in a scratch database of its own, and the lag runs airflow standalone on another.
+ORDER = ["1", "2", "3", "5", "6", "7", "4", "8", "9"]
 # What the README shows, copied from bench/out/ to docs/img/ (everything else stays in the ignored folder).
 PUBLISHED_FIGURES = ("reader_latency.png", "modes.png", "scaling.png")
 
@@ -128,7 +133,7 @@ def _headlines(section: str, rows: list[Row]) -> None:
             r.headline = True
         elif section == "6" and r.name.startswith(("ops_mv_refresh dag.test()", "Airflow overhead per task")):
             r.headline = True
-        elif section in ("7", "8"):
+        elif section in ("7", "8", "9"):
             r.headline = True
 
 
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = bk.TempDir("mvr-bench-")
     dbs: bk.Databases | None = None
     try:
-        needs_db = any(s in wanted for s in ("1", "2", "3", "4", "6", "7", "8"))
+        needs_db = any(s in wanted for s in ("1", "2", "3", "4", "6", "7", "8", "9"))
         main_dsn = None
         if needs_db:
             dbs = bk.Databases.from_environment()
@@ -290,6 +295,11 @@ def _run_section(section: str, args, cfg: dict[str, Any], dbs: bk.Databases | No
     if section == "8":
         data = health_scale.measure(dbs.database("health"), cfg["health_reps"])
         return data, health_scale.rows(data)
+    if section == "9":
+        # Its own database: the demo at the main scale, tracked, under airflow standalone with the default
+        # debounce (30 s quiet period).
+        data = lag.run(dbs.database("lag"), trials=cfg["lag_trials"], drivers=cfg["drivers"])
+        return data, data.pop("rows")
     raise ValueError(section)
 
 
