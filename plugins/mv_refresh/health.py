@@ -83,10 +83,18 @@ def read_health(conn: psycopg.Connection, catalog: Catalog,
     return [ViewHealth(*row) for row in rows]
 
 
+# Each view's newest OK row (as ops.mv_refresh_outcome_of orders them: one entry of the partial OK index), with
+# its method and the run that wrote it.
 _LAST_OK = """
-SELECT v.schema_name, v.mv_name, o.ok_refreshed_at
+SELECT v.schema_name, v.mv_name, ok.refreshed_at, ok.method, ok.dag_id, ok.run_id
 FROM unnest(%s::text[], %s::text[]) AS v (schema_name, mv_name)
-CROSS JOIN LATERAL ops.mv_refresh_outcome_of(v.schema_name, v.mv_name) AS o
+CROSS JOIN LATERAL (
+    SELECT l.refreshed_at, l.method, l.dag_id, l.run_id
+    FROM ops.mv_refresh_log AS l
+    WHERE l.mv_name = v.mv_name AND l.schema_name = v.schema_name AND l.status = 'OK'
+    ORDER BY l.refresh_finished_at DESC, l.id DESC
+    LIMIT 1
+) AS ok
 """
 
 
@@ -106,17 +114,28 @@ class StaleInput:
                 f"{self.upstream.display_name} (data of {self.upstream_refreshed_at:%Y-%m-%d %H:%M:%S%z}), {how}")
 
 
-def stale_inputs(conn: psycopg.Connection, catalog: Catalog, views: list[ViewSpec] | None = None) -> list[StaleInput]:
+def stale_inputs(conn: psycopg.Connection, catalog: Catalog, views: list[ViewSpec] | None = None, *,
+                 refreshed_by_run: tuple[str, str] | None = None) -> list[StaleInput]:
     """Views (default: all) last refreshed OK before a view they read, directly or through other views: their
-    data misses what that view holds now. One entry per view: the newest such input."""
+    data misses what that view holds now. One entry per view: the newest such input.
+
+    An input whose newest OK row is ``UNCHANGED`` changed no data, so it makes nobody stale. With
+    ``refreshed_by_run`` (dag_id, run_id), only inputs whose newest refresh that run made count: what the run
+    itself left behind (a subset run without its downstream views), as against a refresh from the CLI or
+    another run that lands while this one checks (a race the next run settles).
+    """
     chosen = list(views) if views is not None else list(catalog.views)
     needed = {v.key: v for v in chosen} | {up.key: up for v in chosen for up in catalog.upstream_of(v)}
     rows = conn.execute(_LAST_OK, ([k[0] for k in needed], [k[1] for k in needed])).fetchall()
-    last_ok = {(schema, name): at for schema, name, at in rows if at is not None}
+    last_ok = {(schema, name): at for schema, name, at, *_ in rows if at is not None}
+    changed = {(schema, name) for schema, name, at, method, dag_id, run_id in rows
+               if at is not None and method != "UNCHANGED"
+               and (refreshed_by_run is None or (dag_id, run_id) == tuple(refreshed_by_run))}
     found = []
     for view in chosen:
         mine = last_ok.get(view.key)
-        newer = [up for up in catalog.upstream_of(view) if mine is not None and last_ok.get(up.key, mine) > mine]
+        newer = [up for up in catalog.upstream_of(view)
+                 if mine is not None and up.key in changed and last_ok[up.key] > mine]
         if newer:
             newest = max(newer, key=lambda up: last_ok[up.key])
             found.append(StaleInput(view, newest, mine, last_ok[newest.key], newest.key in view.upstream))

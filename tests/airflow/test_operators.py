@@ -224,6 +224,26 @@ def test_sensor_fails_when_a_refresh_of_its_run_failed(sensor_db):
         _sensor().poke(_context(run_id="run_1"))
 
 
+def test_an_input_this_run_refreshed_after_its_reader_fails_the_sensor_one_refreshed_elsewhere_does_not(
+        sensor_db, monkeypatch, tmp_path, capsys):
+    """Stale input the run itself left behind (a subset run without its downstream views) fails it; an input
+    refreshed from elsewhere (the CLI, another run) while this run checks is reported: the next run settles it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("version: 1\nviews:\n  - name: ops.other_mv\n  - name: ops.critical_mv\n"
+                     "    critical: true\n    upstream: [ops.other_mv]\n")
+    monkeypatch.setenv("MV_REFRESH_CONFIG", str(chain))
+    _log_ok(sensor_db, 0.5)  # the reader
+    _log_ok(sensor_db, 0.2, mv="other_mv", run_id="manual__cli")  # its input, refreshed later elsewhere
+    assert _sensor().poke(_context(run_id="run_1")) is True
+    said = capsys.readouterr()
+    assert "is older than ops.other_mv" in said.out + said.err and "refreshed outside this run" in said.out + said.err
+    _log_ok(sensor_db, 0.1, mv="other_mv", run_id="run_1")  # ... and now by this very run
+    with pytest.raises(AirflowFailException, match=r"ops.critical_mv \(data of .* is older than ops.other_mv"):
+        _sensor().poke(_context(run_id="run_1"))
+
+
 def test_sensor_never_passes_when_the_database_is_unreachable(sensor_db, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT",
                        '{"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "schema": "x"}')

@@ -253,6 +253,32 @@ def test_a_refresh_of_an_upstream_catalog_view_is_a_change_downstream(wh):
     assert "changed since its last refresh" in _refresh(wh, "wh.mv_totals").method_reason
 
 
+def test_stale_input_counts_changed_data_and_can_be_limited_to_one_run(wh):
+    """An UNCHANGED refresh of an input changes no data: nobody reading it becomes stale. A real one does, and
+    ``refreshed_by_run`` keeps only what a given run did (the health sensor fails for that alone)."""
+    from mv_refresh.engine import RunContext
+    from mv_refresh.health import stale_inputs
+
+    _install(wh)
+    for view in ("wh.mv_claims", "wh.mv_totals"):
+        _refresh(wh, view)
+    assert _method(wh, "wh.mv_claims") == "UNCHANGED"  # after its reader: still not stale
+    with connect(wh) as conn:
+        assert stale_inputs(conn, CATALOG) == []
+    _sql(wh, "UPDATE wh.claims SET amount = amount + 1 WHERE id = 7")
+    run = RunContext(run_by="airflow", dag_id="ops_mv_refresh", run_id="manual__1")
+    assert _refresh(wh, "wh.mv_claims", context=run).method == "CONCURRENTLY"
+    with connect(wh) as conn:
+        anyone = stale_inputs(conn, CATALOG)
+        by_that_run = stale_inputs(conn, CATALOG, refreshed_by_run=("ops_mv_refresh", "manual__1"))
+        by_another = stale_inputs(conn, CATALOG, refreshed_by_run=("ops_mv_refresh", "manual__2"))
+    assert [(i.view.display_name, i.upstream.display_name) for i in anyone] == [("wh.mv_totals", "wh.mv_claims")]
+    assert by_that_run == anyone and by_another == []
+    _refresh(wh, "wh.mv_totals")
+    with connect(wh) as conn:
+        assert stale_inputs(conn, CATALOG) == []
+
+
 def test_a_write_to_a_partition_directly_is_seen(wh):
     _install(wh)
     _refresh(wh, "wh.mv_events")

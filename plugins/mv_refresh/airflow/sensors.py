@@ -78,8 +78,11 @@ class MaterializedViewHealthSensor(BaseSensorOperator):
         # Any error reaching the database propagates: the task errors (and may retry); it never passes.
         with connect(dsn, purpose="health sensor") as conn:
             rows = read_health(conn, catalog, specs)
-            stale = stale_inputs(conn, catalog)
             ti = context["ti"]
+            # What this run left behind fails it; a view made stale by a refresh from elsewhere (the CLI,
+            # another run) while this run checks is reported only: the next run settles it, the audit names it.
+            stale = stale_inputs(conn, catalog, refreshed_by_run=(ti.dag_id, ti.run_id))
+            elsewhere = [s for s in stale_inputs(conn, catalog) if s.view.key not in {x.view.key for x in stale}]
             of_run = conn.execute(_OUTCOMES_OF_RUN, (ti.dag_id, ti.run_id)).fetchall() if self.check_run else []
         self._log_table(rows)
 
@@ -103,6 +106,8 @@ class MaterializedViewHealthSensor(BaseSensorOperator):
                 problems.append(f"{item}: refresh {item.view.display_name} (or run with include_downstream)")
             else:
                 self.log.warning("%s (not a checked view: reported, not failed)", item)
+        for item in elsewhere:
+            self.log.warning("%s (refreshed outside this run: reported, not failed; the next run refreshes it)", item)
         for schema, name, status, state, message, gone in of_run:
             if status == "OK":
                 continue
